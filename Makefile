@@ -1,0 +1,40 @@
+# prunec — two commands on a fresh machine:
+#   make demo   builds the bundled example end to end
+#   make test   runs lint, types and the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch first, pinned: the CPU wheel is served locally; any other spec pulls CUDA wheels.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test lint bench clean venv golden
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m prunec.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check prunec tests scripts benchmarks
+	$(PY) -m ruff format --check prunec tests scripts benchmarks
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_check.py
+
+golden: $(STAMP)
+	$(PY) scripts/regen_golden.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""The `prunec` command line. Each command is a thin wrapper over a pipeline stage.
+
+This module is the one place where errors become exit codes and stderr text. It must stay
+light to import: torch/transformers/onnx are imported inside the commands that need them,
+so `check` and `fmt` start instantly.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from prunec import __version__
+from prunec.errors import ExitCode, PrunecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    debug = False
+
+
+def _fail(err: PrunecError) -> None:
+    click.echo(err.render(), err=True)
+    if _State.debug:
+        traceback.print_exception(err)
+    raise SystemExit(int(err.exit_code))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prunec")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for every error.")
+def cli(debug: bool) -> None:
+    """prunec — compile a .prune spec into a depth-pruned model."""
+    _State.debug = debug
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: runs the CLI and maps every failure to a named exit code."""
+    try:
+        rc = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except PrunecError as err:
+        _fail(err)
+    except click.exceptions.Abort:
+        click.echo("interrupted; targets were left as they were", err=True)
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted; targets were left as they were", err=True)
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
+    except click.exceptions.Exit as ex:
+        raise SystemExit(ex.exit_code) from None
+    except click.ClickException as ex:
+        ex.show()
+        raise SystemExit(int(ExitCode.USAGE)) from None
+    except Exception as ex:  # a bug: say so plainly, traceback only on request
+        if _State.debug:
+            raise
+        click.echo(f"internal error: {type(ex).__name__}: {ex}", err=True)
+        click.echo("this is a bug in prunec; rerun with --debug for the traceback", err=True)
+        raise SystemExit(int(ExitCode.INTERNAL)) from None
+    raise SystemExit(int(rc) if isinstance(rc, int) else 0)
+
+
+# Commands live below, one per pipeline entry point. Keep each a thin wrapper.
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

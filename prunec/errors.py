@@ -1,0 +1,188 @@
+"""One error hierarchy for every stage, source spans, and the single diagnostic formatter."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of the `prunec` CLI (documented in the README)."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in prunec: reported with a traceback only under --debug
+    SPEC = 2  # the spec (or a file it names) is invalid; nothing was built
+    BUILD = 3  # loading, scoring, emission or a self-check failed; nothing was published
+    VERIFY = 4  # the artifact was built but a `verify` gate failed; nothing was published
+    LOCK = 5  # `--locked` and the inputs no longer match the lockfile
+    FMT = 6  # `fmt --check` found files that are not canonically formatted
+    USAGE = 64  # bad command-line usage (EX_USAGE); click's own default 2 would clash with SPEC
+    INTERRUPTED = 130  # Ctrl-C; targets are left as they were
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of a source file. Lines and columns are 1-based; `end_col` is exclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @classmethod
+    def point(cls, file: str, line: int, col: int) -> Span:
+        return cls(file, line, col, line, col + 1)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in a user input.
+
+    code: stable identifier (`E1xx` syntax, `E2xx` semantics, `E3xx` model/data checks).
+    span: where it is; None when the problem has no position (e.g. a missing file argument).
+    expected: what would have been accepted there, in words ("a number, or `first`").
+    help: a suggestion ("did you mean `budget`?").
+    notes: extra lines of context.
+    """
+
+    code: str
+    message: str
+    span: Span | None = None
+    expected: str | None = None
+    help: str | None = None
+    notes: tuple[str, ...] = ()
+    severity: str = "error"
+
+
+class PrunecError(Exception):
+    """Base of every error prunec raises on purpose. The CLI maps `exit_code` to the process."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        return f"error: {self}"
+
+
+class SpecError(PrunecError):
+    """The spec is invalid. Carries every diagnostic found, not only the first."""
+
+    exit_code = ExitCode.SPEC
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: SourceMap | None = None):
+        if not diagnostics:
+            raise ValueError("SpecError needs at least one diagnostic")
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        self.sources = sources if sources is not None else SourceMap()
+        super().__init__(self.diagnostics[0].message)
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        src = sources if sources is not None else self.sources
+        return format_diagnostics(self.diagnostics, src)
+
+
+class BuildError(PrunecError):
+    """Loading, scoring, emission or a self-check failed. Nothing was published."""
+
+    exit_code = ExitCode.BUILD
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        return f"error[build]: {self}"
+
+
+class VerifyError(PrunecError):
+    """A `verify` gate failed. `report` is the rendered gate table."""
+
+    exit_code = ExitCode.VERIFY
+
+    def __init__(self, message: str, report: str = ""):
+        super().__init__(message)
+        self.report = report
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        tail = f"\n{self.report}" if self.report else ""
+        return f"error[verify]: {self}{tail}"
+
+
+class LockError(PrunecError):
+    """`--locked` was given and the inputs differ from the lockfile."""
+
+    exit_code = ExitCode.LOCK
+
+    def render(self, sources: SourceMap | None = None) -> str:
+        return f"error[lock]: {self}"
+
+
+@dataclass
+class SourceMap:
+    """File name -> text, so diagnostics can quote the offending line."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, file: str, text: str) -> None:
+        self.texts[file] = text
+
+    def line(self, file: str, line: int) -> str | None:
+        text = self.texts.get(file)
+        if text is None:
+            return None
+        lines = text.splitlines()
+        if 1 <= line <= len(lines):
+            return lines[line - 1]
+        if line == len(lines) + 1:
+            return ""  # end of file
+        return None
+
+
+def format_diagnostic(diag: Diagnostic, sources: SourceMap) -> str:
+    """Render one diagnostic, rustc-style, in plain text (no colour codes).
+
+        specs/x.prune:12:3: error[E201]: unknown key `budgett` in `prune`
+           |
+        12 |   budgett 25%
+           |   ^^^^^^^ expected one of: budget, spacing, keep, ...
+           = help: did you mean `budget`?
+    """
+    head = f"{diag.span}: " if diag.span else ""
+    out = [f"{head}{diag.severity}[{diag.code}]: {diag.message}"]
+    src_line = sources.line(diag.span.file, diag.span.line) if diag.span else None
+    if diag.span is not None and src_line is not None:
+        num = str(diag.span.line)
+        pad = " " * len(num)
+        shown = src_line.expandtabs(1)
+        start = max(diag.span.col - 1, 0)
+        if diag.span.end_line == diag.span.line:
+            width = max(diag.span.end_col - diag.span.col, 1)
+        else:
+            width = max(len(shown) - start, 1)
+        caret = " " * start + "^" * width
+        label = f" expected {diag.expected}" if diag.expected else ""
+        out += [f"{pad} |", f"{num} | {shown}".rstrip(), f"{pad} | {caret}{label}"]
+    elif diag.expected:
+        out.append(f"  = expected {diag.expected}")
+    pad = " " * (len(str(diag.span.line)) if diag.span and src_line is not None else 1)
+    out += [f"{pad} = note: {note}" for note in diag.notes]
+    if diag.help:
+        out.append(f"{pad} = help: {diag.help}")
+    return "\n".join(out)
+
+
+def format_diagnostics(diags: Iterable[Diagnostic], sources: SourceMap) -> str:
+    diags = list(diags)
+    body = "\n\n".join(format_diagnostic(d, sources) for d in diags)
+    n = sum(d.severity == "error" for d in diags)
+    if n > 1:
+        body += f"\n\nerror: {n} problems found"
+    return body
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest valid choice to a misspelt `word`, or None when nothing is close."""
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None

@@ -1,0 +1,197 @@
+"""The validated build plan: what a `.prune` file means, independent of how it was written.
+
+Every stage after the front end consumes a `Plan`. All paths are absolute (resolved against
+the spec file's directory). Layer indices are 0-based everywhere in prunec: layer 0 is the
+decoder layer nearest the embeddings.
+
+Plans are frozen. Two plans parsed from texts that differ only in formatting or comments
+compare equal through `plan.model_dump()` (spans are excluded from dumps and from the schema).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from prunec.errors import Span
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+#: Layer-selection strategies, in the order the docs list them. `manual` means an explicit
+#: `remove` list (no scoring). The scoring/planning stage owns their behaviour.
+STRATEGIES: tuple[str, ...] = (
+    "auto",
+    "domain",
+    "bi",
+    "angular",
+    "last",
+    "uniform",
+    "iterative",
+    "manual",
+)
+
+#: Which tokens the layer statistics average over.
+TokenScope = Literal["all", "last"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """The model to prune.
+
+    source: an HF hub id ("org/name") or an absolute local directory.
+    local: True when `source` is a local directory (written relative to the spec).
+    revision: hub revision (branch, tag or commit); None = the hub default.
+    dtype: weights dtype for loading; "auto" keeps the checkpoint's.
+    device: "cpu", "cuda", "cuda:N", "mps", or "auto" (accelerate device_map).
+    trust_remote_code: only True when the spec opts in explicitly.
+    """
+
+    source: str
+    local: bool = False
+    revision: str | None = None
+    dtype: Dtype = "auto"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+
+class DomainSpec(_Frozen):
+    """One calibration domain.
+
+    data: calibration JSONL (absolute path).
+    samples: how many lines to use (None = all).
+    weight: the domain's share in the combined importance; > 0. Normalised across domains
+        by `Plan.normalized_weights()`.
+    max_length: token limit per calibration sample (longer samples are truncated).
+    eval: optional evaluation JSONL used by `verify` gates when a gate names no file.
+    seed: sampling seed for choosing `samples` lines.
+    """
+
+    name: str
+    data: Path
+    samples: int | None = None
+    weight: float = 1.0
+    max_length: int = 512
+    eval: Path | None = None
+    seed: int = 0
+
+
+class Budget(_Frozen):
+    """How many decoder layers to remove: exactly one of `layers` or `percent` is set."""
+
+    layers: int | None = None
+    percent: float | None = None  # in (0, 100)
+
+    def resolve(self, num_layers: int) -> int:
+        """The number of layers to remove from a stack of `num_layers`.
+
+        Percentages round to the nearest integer (half up), and never below 1.
+        """
+        if self.layers is not None:
+            return self.layers
+        assert self.percent is not None
+        return max(1, int(num_layers * self.percent / 100 + 0.5))
+
+
+class PruneSpec(_Frozen):
+    """The layer-selection problem.
+
+    budget: how many layers to remove; None only when `remove` is given.
+    max_run: at most this many consecutive layers removed (None = unlimited).
+    min_gap: at least this many kept layers between two removed ones (None = 0).
+    keep_first / keep_last: never remove the first/last N layers.
+    protect: layer indices that are never removed.
+    remove: explicit layers to remove (manual selection); None = let the strategy choose.
+    strategy: one of STRATEGIES; "manual" iff `remove` is given.
+    spacing_weight: weight of the spacing term in the objective; None = chosen by regime.
+    batch_size: calibration batch size.
+    tokens: statistic over all tokens or the last token of each sample.
+    """
+
+    budget: Budget | None = None
+    max_run: int | None = None
+    min_gap: int | None = None
+    keep_first: int = 0
+    keep_last: int = 0
+    protect: tuple[int, ...] = ()
+    remove: tuple[int, ...] | None = None
+    strategy: str = "auto"
+    spacing_weight: float | None = None
+    batch_size: int = 4
+    tokens: TokenScope = "all"
+
+
+class VerifyGate(_Frozen):
+    """A retention gate: the pruned model must keep `threshold` of the original's score.
+
+    threshold: a fraction in (0, 1] (the spec writes a percentage).
+    data: evaluation JSONL; None = the domain's `eval` file.
+    metric: "accuracy" (exact match by greedy generation) or "nll" (answer NLL, retention is
+        original / pruned).
+    """
+
+    domain: str
+    threshold: float
+    data: Path | None = None
+    metric: Literal["accuracy", "nll"] = "accuracy"
+
+
+class VerifySpec(_Frozen):
+    """Verification after emission. samples: eval lines per domain (None = all)."""
+
+    gates: tuple[VerifyGate, ...] = ()
+    samples: int | None = None
+
+
+class TargetSpec(_Frozen):
+    """An artifact to emit.
+
+    kind: "hf" (a Hugging Face checkpoint directory) or "onnx" (onnxruntime graphs).
+    path: absolute output directory, written atomically.
+    opset / quantize / kv_cache: ONNX options (ignored for "hf").
+    """
+
+    kind: Literal["hf", "onnx"]
+    path: Path
+    opset: int = 18
+    quantize: Literal["none", "int8"] = "none"
+    kv_cache: bool = True
+
+
+class Plan(_Frozen):
+    """A validated `.prune` file.
+
+    spec_path: the spec file (absolute), or None when parsed from a string.
+    spec_text: the exact source text (the model card and lockfile quote it).
+    spans: where each setting was written, keyed by dotted path ("prune.budget",
+        "prune.remove.2", "domains.math.weight", "verify.math", "targets.0"), so later stages
+        (which learn the model's layer count) can point errors at the spec.
+    """
+
+    spec_path: Path | None = None
+    spec_text: str = ""
+    model: ModelSpec
+    domains: tuple[DomainSpec, ...] = ()
+    prune: PruneSpec = PruneSpec()
+    verify: VerifySpec = VerifySpec()
+    targets: tuple[TargetSpec, ...] = ()
+    spans: SkipJsonSchema[dict[str, Span]] = Field(default_factory=dict, exclude=True, repr=False)
+
+    def domain(self, name: str) -> DomainSpec:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def normalized_weights(self) -> dict[str, float]:
+        """Domain weights scaled to sum to 1."""
+        total = sum(d.weight for d in self.domains)
+        return {d.name: d.weight / total for d in self.domains}
+
+    def span(self, key: str) -> Span | None:
+        return self.spans.get(key)
