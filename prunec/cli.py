@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from importlib import import_module
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,7 +32,37 @@ def _fail(err: PrunecError) -> None:
     raise SystemExit(int(err.exit_code))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: command name -> (module defining `command`, one-line help). Modules are imported only when
+#: their command runs, so `prunec check` never pays for torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("prunec.commands.check", "Validate spec files and report every problem."),
+    "fmt": ("prunec.commands.fmt", "Rewrite spec files in canonical form (keeps comments)."),
+    "schema": ("prunec.commands.schema", "Print the JSON Schema of the validated plan."),
+    "score": ("prunec.commands.score", "Run calibration and write per-layer, per-domain scores."),
+    "plan": ("prunec.commands.plan", "Show which layers would be removed, without emitting."),
+    "build": ("prunec.commands.build", "Score, plan, emit targets, verify and write the lockfile."),
+    "run": ("prunec.commands.run", "Generate text with an ONNX artifact (onnxruntime only)."),
+    "sweep": ("prunec.commands.sweep", "Evaluate retention across budgets and strategies."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = import_module(COMMANDS[name][0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="prunec")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for every error.")
 def cli(debug: bool) -> None:
@@ -63,9 +94,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("this is a bug in prunec; rerun with --debug for the traceback", err=True)
         raise SystemExit(int(ExitCode.INTERNAL)) from None
     raise SystemExit(int(rc) if isinstance(rc, int) else 0)
-
-
-# Commands live below, one per pipeline entry point. Keep each a thin wrapper.
 
 
 if __name__ == "__main__":  # pragma: no cover

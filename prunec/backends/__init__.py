@@ -1,0 +1,1 @@
+"""Artifact emitters (HF checkpoint, ONNX graphs) and what they share."""
