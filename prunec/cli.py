@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Sequence
 from importlib import import_module
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
 
 import click
 
 from prunec import __version__
 from prunec.errors import ExitCode, PrunecError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _State:

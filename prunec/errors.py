@@ -141,11 +141,11 @@ class SourceMap:
 def format_diagnostic(diag: Diagnostic, sources: SourceMap) -> str:
     """Render one diagnostic, rustc-style, in plain text (no colour codes).
 
-        specs/x.prune:12:3: error[E201]: unknown key `budgett` in `prune`
-           |
-        12 |   budgett 25%
-           |   ^^^^^^^ expected one of: budget, spacing, keep, ...
-           = help: did you mean `budget`?
+    specs/x.prune:12:3: error[E201]: unknown key `budgett` in `prune`
+       |
+    12 |   budgett 25%
+       |   ^^^^^^^ expected one of: budget, spacing, keep, ...
+       = help: did you mean `budget`?
     """
     head = f"{diag.span}: " if diag.span else ""
     out = [f"{head}{diag.severity}[{diag.code}]: {diag.message}"]
