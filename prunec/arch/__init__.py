@@ -31,7 +31,7 @@ def locate_decoder(model: nn.Module) -> DecoderStack:
     path = next(name for name, mod in model.named_modules() if mod is decoder.layers)
     return DecoderStack(
         layers=decoder.layers,
-        text_config=model.config.get_text_config(decoder=True),  # type: ignore[union-attr]
-        model_type=str(model.config.model_type),  # type: ignore[union-attr]
+        text_config=model.config.get_text_config(decoder=True),  # type: ignore[union-attr,operator]
+        model_type=str(model.config.model_type),  # type: ignore[union-attr,operator]
         path=path,
     )
