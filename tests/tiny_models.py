@@ -1,0 +1,639 @@
+"""Tiny real Hugging Face models built offline from configs, with working processors.
+
+`build_tiny(model_type, out_dir)` writes a randomly initialised model (safetensors) plus an
+offline tokenizer (a `tokenizers` WordLevel model whose image tokens sit at the ids the model
+config expects, with a chat template) and, for VLMs, the model's image processor, so that
+`AutoProcessor.from_pretrained(out_dir)` (VLMs) or `AutoTokenizer.from_pretrained(out_dir)`
+(text models) works with no hub access. `sample_inputs` gives valid forward inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Word-level vocabulary: specials first (fixed ids), then image tokens, then plain words.
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+WORDS = [
+    "user",
+    "assistant",
+    "system",
+    "what",
+    "is",
+    "the",
+    "a",
+    "in",
+    "this",
+    "image",
+    "picture",
+    "how",
+    "many",
+    "dots",
+    "are",
+    "there",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "two",
+    "plus",
+    "three",
+    "equals",
+    "five",
+    "?",
+    ".",
+    ":",
+    "\n",
+    *[str(d) for d in range(10)],
+    *[f"w{i}" for i in range(60)],
+]
+VOCAB_SIZE = 160  # >= specials + image tokens + words; embeddings are sized by this
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} : "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ IMAGE }} {% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} </s> {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+TEXT_KW: dict[str, Any] = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """How to build one tiny model type.
+
+    config: builds the top-level config for `num_layers` decoder layers.
+    model_class: transformers class name used to instantiate it.
+    image_tokens: extra special tokens (in order) placed right after SPECIALS.
+    image_placeholder: the text the chat template writes for an image (None = text model).
+    image_processor: (class name, kwargs) of the image processor, or None.
+    processor: (class name, kwargs) of the processor, or None (text models use the tokenizer).
+    image_size: the sample image's side in pixels.
+    """
+
+    config: Callable[[int], Any]
+    model_class: str
+    image_tokens: tuple[str, ...] = ()
+    image_placeholder: str | None = None
+    image_processor: tuple[str, dict[str, Any]] | None = None
+    processor: tuple[str, dict[str, Any]] | None = None
+    image_size: int = 32
+    extra_tokenizer: dict[str, Any] = field(default_factory=dict)
+
+
+def _tid(spec: TinySpec, token: str) -> int:
+    return len(SPECIALS) + spec.image_tokens.index(token)
+
+
+def _text(model_type: str, num_layers: int, **kw: Any) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, num_hidden_layers=num_layers, **{**TEXT_KW, **kw})
+
+
+def _clip_vision(image_size: int = 32, patch: int = 8) -> dict[str, Any]:
+    return dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        projection_dim=32,
+    )
+
+
+def _siglip_vision(image_size: int = 32, patch: int = 8) -> dict[str, Any]:
+    return dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+    )
+
+
+# --- per-type configs ----------------------------------------------------------------------
+
+
+def _llava(n: int) -> Any:
+    from transformers import LlavaConfig
+
+    return LlavaConfig(
+        vision_config=_clip_vision(),
+        text_config=_text("llama", n).to_dict(),
+        image_token_index=4,
+        image_seq_length=16,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+
+
+def _llava_next(n: int) -> Any:
+    from transformers import LlavaNextConfig
+
+    return LlavaNextConfig(
+        vision_config=_clip_vision(),
+        text_config=_text("llama", n).to_dict(),
+        image_token_index=4,
+        image_grid_pinpoints=[[32, 32]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        image_seq_length=16,
+    )
+
+
+_QWEN_VISION = dict(
+    depth=2,
+    embed_dim=32,
+    hidden_size=64,
+    num_heads=2,
+    mlp_ratio=2,
+    patch_size=8,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+
+
+def _qwen2_vl(n: int) -> Any:
+    from transformers import Qwen2VLConfig
+
+    text = {**TEXT_KW, "num_hidden_layers": n, "max_window_layers": n - 2}
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+    }
+    return Qwen2VLConfig(
+        text_config=text,
+        vision_config=dict(_QWEN_VISION),
+        image_token_id=6,
+        video_token_id=7,
+        vision_start_token_id=4,
+        vision_end_token_id=5,
+    )
+
+
+def _qwen2_5_vl(n: int) -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    text = {**TEXT_KW, "num_hidden_layers": n, "max_window_layers": n - 2}
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+    }
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=8,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=16,
+        fullatt_block_indexes=[1],
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=6,
+        video_token_id=7,
+        vision_start_token_id=4,
+        vision_end_token_id=5,
+    )
+
+
+def _qwen3_vl(n: int) -> Any:
+    from transformers import Qwen3VLConfig
+
+    text = {**TEXT_KW, "num_hidden_layers": n, "head_dim": 16}
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+    }
+    vision = dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=8,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 1, 2],
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=6,
+        video_token_id=7,
+        vision_start_token_id=4,
+        vision_end_token_id=5,
+    )
+
+
+def _idefics3(n: int) -> Any:
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=_text("llama", n).to_dict(),
+        image_token_id=4,
+        scale_factor=2,
+        pad_token_id=0,
+    )
+
+
+def _paligemma(n: int) -> Any:
+    from transformers import PaliGemmaConfig
+
+    text = _text("gemma", n, head_dim=16, num_key_value_heads=1).to_dict()
+    return PaliGemmaConfig(
+        vision_config={**_siglip_vision(), "projection_dim": 64},
+        text_config=text,
+        image_token_index=4,
+        projection_dim=64,
+    )
+
+
+def _gemma3(n: int) -> Any:
+    from transformers import Gemma3Config
+
+    text = _text(
+        "gemma3_text", n, head_dim=16, sliding_window=8, sliding_window_pattern=2
+    ).to_dict()
+    text.pop("layer_types", None)
+    text["layer_types"] = [
+        "full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(n)
+    ]
+    return Gemma3Config(
+        vision_config=_siglip_vision(),
+        text_config=text,
+        mm_tokens_per_image=4,
+        boi_token_index=5,
+        eoi_token_index=6,
+        image_token_index=4,
+    )
+
+
+def _mistral3(n: int) -> Any:
+    from transformers import Mistral3Config
+
+    return Mistral3Config(
+        vision_config=dict(
+            model_type="pixtral",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            head_dim=16,
+        ),
+        text_config=_text("mistral", n, head_dim=16).to_dict(),
+        image_token_index=4,
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+    )
+
+
+def _text_only(model_type: str, **kw: Any) -> Callable[[int], Any]:
+    return lambda n: _text(model_type, n, **kw)
+
+
+def _gemma2_text(n: int) -> Any:
+    return _text(
+        "gemma2",
+        n,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)],
+    )
+
+
+def _qwen2_text(n: int) -> Any:
+    return _text(
+        "qwen2",
+        n,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=n - 2,
+    )
+
+
+def _gemma3_text(n: int) -> Any:
+    return _text(
+        "gemma3_text",
+        n,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=[
+            "full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(n)
+        ],
+    )
+
+
+_CLIP_PROC = (
+    "CLIPImageProcessorPil",
+    dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+)
+_QWEN_PROC = (
+    "Qwen2VLImageProcessorPil",
+    dict(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=32 * 32),
+)
+
+SPECS: dict[str, TinySpec] = {
+    "llama": TinySpec(_text_only("llama"), "LlamaForCausalLM"),
+    "mistral": TinySpec(_text_only("mistral", sliding_window=8), "MistralForCausalLM"),
+    "qwen2": TinySpec(_qwen2_text, "Qwen2ForCausalLM"),
+    "qwen3": TinySpec(_text_only("qwen3", head_dim=16), "Qwen3ForCausalLM"),
+    "phi3": TinySpec(_text_only("phi3"), "Phi3ForCausalLM"),
+    "gemma2": TinySpec(_gemma2_text, "Gemma2ForCausalLM"),
+    "gemma3_text": TinySpec(_gemma3_text, "Gemma3ForCausalLM"),
+    "llava": TinySpec(
+        _llava,
+        "LlavaForConditionalGeneration",
+        image_tokens=("<image>",),
+        image_placeholder="<image>",
+        image_processor=_CLIP_PROC,
+        processor=(
+            "LlavaProcessor",
+            dict(
+                patch_size=8, vision_feature_select_strategy="full", num_additional_image_tokens=1
+            ),
+        ),
+    ),
+    "llava_next": TinySpec(
+        _llava_next,
+        "LlavaNextForConditionalGeneration",
+        image_tokens=("<image>",),
+        image_placeholder="<image>",
+        image_processor=(
+            "LlavaNextImageProcessorPil",
+            dict(
+                size={"shortest_edge": 32},
+                crop_size={"height": 32, "width": 32},
+                image_grid_pinpoints=[[32, 32]],
+            ),
+        ),
+        processor=(
+            "LlavaNextProcessor",
+            dict(patch_size=8, vision_feature_select_strategy="default"),
+        ),
+    ),
+    "qwen2_vl": TinySpec(
+        _qwen2_vl,
+        "Qwen2VLForConditionalGeneration",
+        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
+        image_processor=_QWEN_PROC,
+        processor=None,
+    ),
+    "qwen2_5_vl": TinySpec(
+        _qwen2_5_vl,
+        "Qwen2_5_VLForConditionalGeneration",
+        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
+        image_processor=_QWEN_PROC,
+        processor=None,
+    ),
+    "qwen3_vl": TinySpec(
+        _qwen3_vl,
+        "Qwen3VLForConditionalGeneration",
+        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
+        image_processor=_QWEN_PROC,
+        processor=None,
+    ),
+    "idefics3": TinySpec(
+        _idefics3,
+        "Idefics3ForConditionalGeneration",
+        image_tokens=("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
+        image_placeholder="<image>",
+        image_processor=(
+            "Idefics3ImageProcessorPil",
+            dict(
+                size={"longest_edge": 32},
+                max_image_size={"longest_edge": 32},
+                do_image_splitting=False,
+            ),
+        ),
+        processor=("Idefics3Processor", dict(image_seq_len=4)),
+    ),
+    "paligemma": TinySpec(
+        _paligemma,
+        "PaliGemmaForConditionalGeneration",
+        image_tokens=("<image>",),
+        image_placeholder="",
+        image_processor=(
+            "SiglipImageProcessorPil",
+            dict(size={"height": 32, "width": 32}),
+        ),
+        processor=("PaliGemmaProcessor", {}),
+    ),
+    "gemma3": TinySpec(
+        _gemma3,
+        "Gemma3ForConditionalGeneration",
+        image_tokens=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
+        image_placeholder="<start_of_image>",
+        image_processor=(
+            "Gemma3ImageProcessorPil",
+            dict(size={"height": 32, "width": 32}),
+        ),
+        processor=("Gemma3Processor", dict(num_image_tokens=4)),
+        extra_tokenizer=dict(
+            image_token="<image_soft_token>",
+            boi_token="<start_of_image>",
+            eoi_token="<end_of_image>",
+        ),
+    ),
+    "mistral3": TinySpec(
+        _mistral3,
+        "Mistral3ForConditionalGeneration",
+        image_tokens=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
+        image_placeholder="[IMG]",
+        image_processor=(
+            "PixtralImageProcessorPil",
+            dict(size={"longest_edge": 32}, patch_size=8),
+        ),
+        processor=("PixtralProcessor", dict(patch_size=8, spatial_merge_size=2)),
+    ),
+}
+
+#: Model types `build_tiny` supports (text models first).
+TINY_TYPES: tuple[str, ...] = tuple(SPECS)
+#: The subset that are vision-language models.
+VLM_TYPES: tuple[str, ...] = tuple(t for t, s in SPECS.items() if s.image_placeholder is not None)
+
+
+def _make_tokenizer(spec: TinySpec) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = [*SPECIALS, *spec.image_tokens, *WORDS]
+    assert len(tokens) <= VOCAB_SIZE, "grow VOCAB_SIZE"
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    template = CHAT_TEMPLATE.replace("{{ IMAGE }}", spec.image_placeholder or "")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=list(spec.image_tokens),
+        chat_template=template,
+        **spec.extra_tokenizer,
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def _make_processor(spec: TinySpec, tokenizer: Any) -> list[Any]:
+    """The objects to save next to the model: a processor, or tokenizer (+ image processor)."""
+    import transformers
+
+    if spec.image_processor is None:
+        return [tokenizer]
+    ip_name, ip_kw = spec.image_processor
+    image_processor = getattr(transformers, ip_name)(**ip_kw)
+    if spec.processor is None:
+        # Qwen-VL processors insist on a video processor, which needs torchvision; the
+        # tokenizer and image processor are saved side by side instead (see QwenVLInputs).
+        return [tokenizer, image_processor]
+    proc_name, proc_kw = spec.processor
+    template = tokenizer.chat_template
+    processor = getattr(transformers, proc_name)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **proc_kw
+    )
+    return [processor]
+
+
+def build_tiny(model_type: str, out_dir: Path, *, num_layers: int = 6, seed: int = 0) -> Path:
+    """Build a tiny random `model_type` model and save it with its processor to `out_dir`."""
+    import torch
+    import transformers
+
+    spec = SPECS[model_type]
+    config = spec.config(num_layers)
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec.model_class)(config).eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer = _make_tokenizer(spec)
+    for part in _make_processor(spec, tokenizer):
+        part.save_pretrained(out_dir)
+    (out_dir / "tiny_model.json").write_text(json.dumps({"model_type": model_type}))
+    return out_dir
+
+
+def sample_image(size: int = 32, seed: int = 0) -> Any:
+    """A small deterministic RGB PIL image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), "RGB")
+
+
+def load_processor(model_type: str, path: Path) -> Any:
+    """The processor `sample_inputs` expects for a model saved by `build_tiny`."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    spec = SPECS[model_type]
+    if spec.image_processor is None:
+        return AutoTokenizer.from_pretrained(path)
+    if spec.processor is None:
+        return QwenVLInputs(
+            AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+        )
+    return AutoProcessor.from_pretrained(path)
+
+
+@dataclass(frozen=True)
+class QwenVLInputs:
+    """Minimal Qwen-VL processor: expands `<|image_pad|>` to the merged patch count.
+
+    Stands in for Qwen2VLProcessor, whose constructor requires a torchvision video processor.
+    """
+
+    tokenizer: Any
+    image_processor: Any
+    image_token: str = "<|image_pad|>"
+
+    def __call__(self, text: str, images: Any = None, return_tensors: str = "pt") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if images is not None:
+            out = dict(self.image_processor(images=images, return_tensors=return_tensors))
+            merge = int(self.image_processor.merge_size) ** 2
+            count = int(out["image_grid_thw"][0].prod()) // merge
+            text = text.replace(self.image_token, " ".join([self.image_token] * count))
+        out.update(self.tokenizer(text, return_tensors=return_tensors))
+        if images is not None:
+            # M-RoPE needs the modality of each token: 1 marks image tokens, 0 text.
+            image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            out["mm_token_type_ids"] = (out["input_ids"] == image_id).long()
+        return out
+
+    def apply_chat_template(self, messages: Any, **kw: Any) -> str:
+        return str(self.tokenizer.apply_chat_template(messages, **{**kw, "tokenize": False}))
+
+
+def sample_inputs(model_type: str, processor: Any, with_image: bool = True) -> dict[str, Any]:
+    """Valid forward inputs (a batch of one) for a tiny `model_type` model.
+
+    `processor` is what `load_processor` (or prunec's `load_model`) returned for the model; for
+    the Qwen-VL family a bare tokenizer is also accepted when `with_image` is False.
+    """
+    spec = SPECS[model_type]
+    text = "what is in this image ? two plus three equals"
+    is_vlm = spec.image_placeholder is not None
+    if not (is_vlm and with_image):
+        tok = getattr(processor, "tokenizer", processor)
+        inputs = dict(tok(text, return_tensors="pt"))
+        if model_type == "paligemma":  # PaliGemma always wants token_type_ids
+            inputs["token_type_ids"] = inputs["input_ids"] * 0
+        return inputs
+    image = sample_image(spec.image_size)
+    if model_type == "paligemma":
+        return dict(processor(text=text, images=image, return_tensors="pt"))
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=prompt, images=image, return_tensors="pt"))
