@@ -412,7 +412,11 @@ SPECS: dict[str, TinySpec] = {
         ),
         processor=(
             "LlavaNextProcessor",
-            dict(patch_size=8, vision_feature_select_strategy="default"),
+            dict(
+                patch_size=8,
+                vision_feature_select_strategy="default",
+                num_additional_image_tokens=1,
+            ),
         ),
     ),
     "qwen2_vl": TinySpec(
@@ -461,7 +465,7 @@ SPECS: dict[str, TinySpec] = {
         image_placeholder="",
         image_processor=(
             "SiglipImageProcessorPil",
-            dict(size={"height": 32, "width": 32}),
+            dict(size={"height": 32, "width": 32}, image_seq_length=16),
         ),
         processor=("PaliGemmaProcessor", {}),
     ),
@@ -474,7 +478,7 @@ SPECS: dict[str, TinySpec] = {
             "Gemma3ImageProcessorPil",
             dict(size={"height": 32, "width": 32}),
         ),
-        processor=("Gemma3Processor", dict(num_image_tokens=4)),
+        processor=("Gemma3Processor", dict(image_seq_length=4)),
         extra_tokenizer=dict(
             image_token="<image_soft_token>",
             boi_token="<start_of_image>",
@@ -490,7 +494,7 @@ SPECS: dict[str, TinySpec] = {
             "PixtralImageProcessorPil",
             dict(size={"longest_edge": 32}, patch_size=8),
         ),
-        processor=("PixtralProcessor", dict(patch_size=8, spatial_merge_size=2)),
+        processor=None,
     ),
 }
 
@@ -534,7 +538,7 @@ def _make_processor(spec: TinySpec, tokenizer: Any) -> list[Any]:
     image_processor = getattr(transformers, ip_name)(**ip_kw)
     if spec.processor is None:
         # Qwen-VL processors insist on a video processor, which needs torchvision; the
-        # tokenizer and image processor are saved side by side instead (see QwenVLInputs).
+        # tokenizer and image processor are saved side by side instead (see ShimProcessor).
         return [tokenizer, image_processor]
     proc_name, proc_kw = spec.processor
     template = tokenizer.chat_template
@@ -579,34 +583,47 @@ def load_processor(model_type: str, path: Path) -> Any:
     if spec.image_processor is None:
         return AutoTokenizer.from_pretrained(path)
     if spec.processor is None:
-        return QwenVLInputs(
-            AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
-        )
+        kind = "pixtral" if model_type == "mistral3" else "qwen"
+        tok = AutoTokenizer.from_pretrained(path)
+        return ShimProcessor(tok, AutoImageProcessor.from_pretrained(path), kind)
     return AutoProcessor.from_pretrained(path)
 
 
 @dataclass(frozen=True)
-class QwenVLInputs:
-    """Minimal Qwen-VL processor: expands `<|image_pad|>` to the merged patch count.
+class ShimProcessor:
+    """Minimal processor for VLMs whose transformers processor needs torchvision.
 
-    Stands in for Qwen2VLProcessor, whose constructor requires a torchvision video processor.
+    Qwen2VLProcessor insists on a torchvision video processor and PixtralProcessor (Mistral3)
+    on torchvision itself; this expands the image placeholder the way they do.
+    kind: "qwen" (`<|image_pad|>` x merged patches, plus `mm_token_type_ids` for M-RoPE) or
+    "pixtral" (rows of `[IMG]` separated by `[IMG_BREAK]`, ending in `[IMG_END]`).
     """
 
     tokenizer: Any
     image_processor: Any
-    image_token: str = "<|image_pad|>"
+    kind: str
+
+    def _expand(self, text: str, out: dict[str, Any]) -> str:
+        if self.kind == "qwen":
+            merge = int(self.image_processor.merge_size) ** 2
+            count = int(out["image_grid_thw"][0].prod()) // merge
+            return text.replace("<|image_pad|>", " ".join(["<|image_pad|>"] * count))
+        size = self.image_processor.patch_size
+        patch = int(size["height"] if isinstance(size, dict) else size) * 2  # merge size 2
+        height, width = (int(v) for v in out["image_sizes"][0])
+        rows = [["[IMG]"] * (width // patch) + ["[IMG_BREAK]"] for _ in range(height // patch)]
+        rows[-1][-1] = "[IMG_END]"
+        return text.replace("[IMG]", " ".join(t for row in rows for t in row), 1)
 
     def __call__(self, text: str, images: Any = None, return_tensors: str = "pt") -> dict[str, Any]:
         out: dict[str, Any] = {}
         if images is not None:
             out = dict(self.image_processor(images=images, return_tensors=return_tensors))
-            merge = int(self.image_processor.merge_size) ** 2
-            count = int(out["image_grid_thw"][0].prod()) // merge
-            text = text.replace(self.image_token, " ".join([self.image_token] * count))
+            text = self._expand(text, out)
         out.update(self.tokenizer(text, return_tensors=return_tensors))
-        if images is not None:
+        if images is not None and self.kind == "qwen":
             # M-RoPE needs the modality of each token: 1 marks image tokens, 0 text.
-            image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             out["mm_token_type_ids"] = (out["input_ids"] == image_id).long()
         return out
 
@@ -631,7 +648,9 @@ def sample_inputs(model_type: str, processor: Any, with_image: bool = True) -> d
         return inputs
     image = sample_image(spec.image_size)
     if model_type == "paligemma":
-        return dict(processor(text=text, images=image, return_tensors="pt"))
+        inputs = dict(processor(text=text, images=image, return_tensors="pt"))
+        inputs.pop("labels", None)  # only there for training; it would make forward compute a loss
+        return inputs
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
     ]

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: tiny real models built once per session (see tests/tiny_models.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: `tiny_model("llava", num_layers=6)` -> a saved tiny model dir, built once."""
+    cache: dict[tuple[str, int, int], Path] = {}
+
+    def make(model_type: str, num_layers: int = 6, seed: int = 0) -> Path:
+        key = (model_type, num_layers, seed)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{model_type}-{num_layers}")
+            cache[key] = build_tiny(model_type, out, num_layers=num_layers, seed=seed)
+        return cache[key]
+
+    return make
