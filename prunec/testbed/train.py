@@ -1,0 +1,217 @@
+"""Deterministic from-scratch training of the testbed VLM on synthetic two-domain data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prunec.testbed.processor import IMAGE_SEQ_LENGTH
+from prunec.testbed.synth import DOMAINS, Sample, sample
+
+#: Bump when the data generator or the training loop changes meaning without a config change,
+#: so cached testbeds retrain.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (hashed into the cache marker).
+
+    steps: optimizer steps (fixed, never time-based, so the result is deterministic).
+    batch_size: samples per step, half from each domain.
+    lr / warmup / weight_decay: AdamW with linear warm-up and cosine decay to 10%.
+    num_layers / hidden_size: the Llama decoder's depth and width.
+    calib_samples / eval_samples: lines per domain written to the JSONL files.
+    seed: seeds torch and the data stream.
+    """
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    num_layers: int = 16
+    hidden_size: int = 128
+    calib_samples: int = 64
+    eval_samples: int = 200
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        """A short hash of the recipe; a changed recipe means a retrain."""
+        blob = json.dumps({**asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Calibration and evaluation samples per domain, kept out of the training stream."""
+
+    calib: dict[str, list[Sample]]
+    eval: dict[str, list[Sample]]
+
+    def keys(self) -> set[str]:
+        every = [*self.calib.values(), *self.eval.values()]
+        return {s.key() for group in every for s in group}
+
+
+def held_out(config: TrainConfig) -> HeldOut:
+    """Distinct calibration and evaluation samples (no duplicates within or across sets)."""
+    rng = random.Random(f"held-out-{config.seed}")
+    seen: set[str] = set()
+
+    def draw(domain: str, n: int) -> list[Sample]:
+        out: list[Sample] = []
+        while len(out) < n:
+            s = sample(domain, rng)
+            if s.key() not in seen:
+                seen.add(s.key())
+                out.append(s)
+        return out
+
+    calib = {d: draw(d, config.calib_samples) for d in DOMAINS}
+    evals = {d: draw(d, config.eval_samples) for d in DOMAINS}
+    return HeldOut(calib=calib, eval=evals)
+
+
+def pixel_values(images: Sequence[Any]) -> Any:
+    """The processor's pixel normalisation, vectorised (48x48 RGB -> [-1, 1], CHW)."""
+    import numpy as np
+    import torch
+
+    from prunec.testbed.processor import PIXEL_MEAN, PIXEL_STD
+
+    arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    arr = (arr - np.array(PIXEL_MEAN, dtype=np.float32)) / np.array(PIXEL_STD, dtype=np.float32)
+    return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
+
+
+class _Encoder:
+    """Token ids for training batches, computed once per distinct question via the processor."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self._prompts: dict[str, list[int]] = {}
+
+    def prompt(self, text: str) -> list[int]:
+        if text not in self._prompts:
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+            ]
+            rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            image_id = self.processor.image_token_id
+            out: list[int] = []
+            for tok in ids:
+                # The processor expands one <image> into image_seq_length tokens; do the same.
+                out += [tok] * (IMAGE_SEQ_LENGTH if tok == image_id else 1)
+            self._prompts[text] = out
+        return self._prompts[text]
+
+    def batch(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        import torch
+
+        rows, labels = [], []
+        for s in samples:
+            prompt = self.prompt(s.text)
+            answer = [
+                *self.tokenizer(s.answer, add_special_tokens=False)["input_ids"],
+                self.tokenizer.eos_token_id,
+            ]
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            lab[i, : len(lb)] = torch.tensor(lb)
+            mask[i, : len(r)] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": lab,
+            "pixel_values": pixel_values([s.image for s in samples]),
+        }
+
+
+def training_stream(config: TrainConfig, exclude: set[str]) -> Iterator[list[Sample]]:
+    """Batches of fresh samples (half per domain), skipping anything held out."""
+    rng = random.Random(f"train-{config.seed}")
+    per_domain = config.batch_size // len(DOMAINS)
+    while True:
+        batch: list[Sample] = []
+        for domain in DOMAINS:
+            while sum(s.domain == domain for s in batch) < per_domain:
+                s = sample(domain, rng)
+                if s.key() not in exclude:
+                    batch.append(s)
+        yield batch
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_model(config: TrainConfig, processor: Any) -> Any:
+    """A freshly initialised testbed model (seeded) matching `processor`'s vocabulary."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from prunec.testbed.model import build_config
+
+    tok = processor.tokenizer
+    torch.manual_seed(config.seed)
+    hf_config = build_config(
+        vocab_size=len(tok),
+        image_token_id=processor.image_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+    )
+    return LlavaForConditionalGeneration(hf_config)
+
+
+def train(
+    config: TrainConfig,
+    processor: Any,
+    held: HeldOut,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Any:
+    """Train the testbed from scratch; `on_step(step, loss)` is called after every step."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True)
+    model = build_model(config, processor)
+    model.train()
+    optim = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    encoder = _Encoder(processor)
+    stream = training_stream(config, held.keys())
+    for step in range(config.steps):
+        for group in optim.param_groups:
+            group["lr"] = _lr_at(step, config)
+        batch = encoder.batch(next(stream))
+        loss = model(**batch).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    model.eval()
+    return model
