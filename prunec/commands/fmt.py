@@ -1,0 +1,76 @@
+"""`prunec fmt [--check] [--diff] FILE...`: rewrite specs in canonical form, keeping comments."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from prunec.errors import Diagnostic, ExitCode, SpecError
+from prunec.syntax import format_text
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` in one step, so an interrupted run never leaves half a spec."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SpecError([Diagnostic("E100", f"cannot read {path}: {reason}")]) from None
+
+
+@click.command("fmt")
+@click.option(
+    "--check", "check_only", is_flag=True, help="Change nothing; exit 6 if any file would change."
+)
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff (implies --check).")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_context
+def command(ctx: click.Context, check_only: bool, show_diff: bool, files: tuple[Path, ...]) -> None:
+    """Format spec FILES canonically. Idempotent; keeps every comment; never changes meaning."""
+    check_only = check_only or show_diff
+    invalid = changed = 0
+    for path in files:
+        try:
+            text = _read(path)
+            formatted = format_text(text, str(path))
+        except SpecError as err:
+            click.echo(err.render(), err=True)
+            invalid += 1
+            continue
+        if formatted == text:
+            continue
+        changed += 1
+        if show_diff:
+            diff = difflib.unified_diff(
+                text.splitlines(keepends=True),
+                formatted.splitlines(keepends=True),
+                fromfile=str(path),
+                tofile=f"{path} (formatted)",
+            )
+            click.echo("".join(diff), nl=False)
+        if check_only:
+            click.echo(f"would reformat {path}", err=True)
+        else:
+            _write_atomically(path, formatted)
+            click.echo(f"formatted {path}", err=True)
+    if invalid:
+        ctx.exit(int(ExitCode.SPEC))
+    if check_only and changed:
+        click.echo(f"{changed} file(s) would be reformatted", err=True)
+        ctx.exit(int(ExitCode.FMT))

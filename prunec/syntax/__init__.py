@@ -1,0 +1,110 @@
+"""The `.prune` front end: text -> syntax tree -> validated Plan, plus the canonical formatter.
+
+Public entry points (none imports torch or transformers):
+
+    parse(text, filename, base_dir) -> Plan       raises SpecError with every diagnostic
+    load_spec(path) -> Plan                        the same for a file; paths resolve next to it
+    analyze(text, filename, base_dir) -> Analysis  the plan (or None) and all diagnostics
+    check_file(path) -> Analysis                   analyze + model-dependent checks + warnings
+    format_text(text, filename) -> str             canonical form, every comment kept
+    validate_against_model(plan, num_layers)       checks that need the layer count
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from prunec.errors import Diagnostic, SourceMap, SpecError
+from prunec.plan.model import Plan
+from prunec.plan.model_info import read_layer_count
+from prunec.syntax.format import format_text
+from prunec.syntax.lower import lower
+from prunec.syntax.model_checks import missing_file_warnings, validate_against_model
+from prunec.syntax.parser import parse_tree
+
+__all__ = [
+    "Analysis",
+    "analyze",
+    "check_file",
+    "format_text",
+    "load_spec",
+    "parse",
+    "validate_against_model",
+]
+
+
+class Analysis(NamedTuple):
+    """The result of checking one spec.
+
+    plan: the validated plan; None when any diagnostic is an error.
+    diagnostics: errors and warnings in source order (empty for a clean spec).
+    sources: the text of the file, so diagnostics can be rendered with their source line.
+    """
+
+    plan: Plan | None
+    diagnostics: tuple[Diagnostic, ...]
+    sources: SourceMap
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+
+def analyze(text: str, filename: str = "<string>", base_dir: Path | None = None) -> Analysis:
+    """Parse and validate `text`; never raises for problems in the text itself."""
+    sources = SourceMap()
+    sources.add(filename, text)
+    try:
+        tree = parse_tree(text, filename)
+    except SpecError as err:
+        return Analysis(None, err.diagnostics, sources)
+    plan, diagnostics = lower(tree, Path(base_dir) if base_dir is not None else Path.cwd())
+    return Analysis(plan, tuple(diagnostics), sources)
+
+
+def parse(text: str, filename: str = "<string>", base_dir: Path | None = None) -> Plan:
+    """The validated plan of `text`. Paths resolve against `base_dir` (default: the cwd).
+
+    Raises SpecError carrying every diagnostic found, not only the first.
+    """
+    result = analyze(text, filename, base_dir)
+    if result.errors or result.plan is None:
+        raise SpecError(result.errors, result.sources)
+    return result.plan
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SpecError([Diagnostic("E100", f"cannot read {path}: {reason}")]) from None
+
+
+def load_spec(path: str | Path) -> Plan:
+    """The validated plan of a spec file; its paths resolve against the file's directory."""
+    spec_path = Path(path)
+    text = _read(spec_path)
+    plan = parse(text, str(path), spec_path.resolve().parent)
+    return plan.model_copy(update={"spec_path": spec_path.resolve(), "spec_text": text})
+
+
+def check_file(path: str | Path) -> Analysis:
+    """Everything `prunec check` reports for one file.
+
+    Syntax and semantic errors; when the model is a local directory with a readable
+    config.json, the checks that need its layer count; and warnings for files that do not
+    exist yet (warnings never make the check fail).
+    """
+    spec_path = Path(path)
+    text = _read(spec_path)
+    result = analyze(text, str(path), spec_path.resolve().parent)
+    if result.plan is None:
+        return result
+    plan = result.plan.model_copy(update={"spec_path": spec_path.resolve()})
+    extra = missing_file_warnings(plan)
+    num_layers = read_layer_count(plan.model)
+    model_errors = validate_against_model(plan, num_layers) if num_layers else []
+    diagnostics = tuple(model_errors) + tuple(extra)
+    return Analysis(None if model_errors else plan, diagnostics, result.sources)

@@ -1,0 +1,290 @@
+"""Text -> syntax tree: the cached Lark parser and the translation of its errors into words."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from prunec.errors import Diagnostic, SourceMap, Span, SpecError, did_you_mean
+from prunec.syntax.ast import Comment, Item, Setting, SpecFile, Tok
+
+#: Where the grammar is found: inside an installed wheel first, then in a source checkout.
+_GRAMMAR_CANDIDATES = (
+    Path(__file__).resolve().parent.parent / "_grammar" / "prunec.lark",
+    Path(__file__).resolve().parent.parent.parent / "grammar" / "prunec.lark",
+)
+
+#: The one table from grammar terminals to words. Keywords and punctuation are not listed:
+#: they are shown as themselves (`budget`, `}`).
+TERMINAL_WORDS: dict[str, str] = {
+    "NUMBER": "a number",
+    "STRING": 'a quoted string ("...")',
+    "NAME": "a name",
+    "$END": "the end of the file",
+}
+
+#: Which block the parser is in, recognised by a keyword only that block accepts.
+_CONTEXT_BY_KEYWORD: tuple[tuple[str, str], ...] = (
+    ("BUDGET", "`prune`"),
+    ("DTYPE", "`model`"),
+    ("DATA", "`domain`"),
+    ("SAMPLES", "`verify`"),
+    ("MODEL", "the file"),
+)
+
+
+class _AlwaysName:
+    """A no-op post-lexer that makes NAME acceptable in every parser state.
+
+    Lark's contextual lexer otherwise matches a keyword as a prefix of a longer word
+    (`budgett` lexes as `budget` + `t`); with NAME always present, a word is lexed whole and
+    only then re-typed as a keyword, so a misspelt keyword arrives as one NAME token.
+    """
+
+    always_accept = ("NAME",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        return stream
+
+
+def grammar_path() -> Path:
+    """The grammar file in use (installed copy or source checkout)."""
+    for candidate in _GRAMMAR_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("prunec.lark not found; the installation is incomplete")
+
+
+@functools.lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    """The LALR parser, built once per process."""
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        keep_all_tokens=True,
+        postlex=_AlwaysName(),  # type: ignore[arg-type]
+        maybe_placeholders=False,
+    )
+
+
+def parse_tree(text: str, filename: str = "<string>") -> SpecFile:
+    """Parse `text` into a syntax tree; raises SpecError (E1xx) on a syntax error."""
+    try:
+        tree = lark_parser().parse(text)
+    except UnexpectedInput as err:
+        sources = SourceMap()
+        sources.add(filename, text)
+        raise SpecError([_syntax_diagnostic(err, text, filename)], sources) from None
+    items = tuple(_item(child, filename) for child in tree.children if isinstance(child, Tree))
+    return SpecFile(filename, text, items, tuple(scan_comments(text)))
+
+
+# ------------------------------------------------------------------ tree -> AST
+
+
+def _tok(token: Token, filename: str) -> Tok:
+    return Tok(token.type, str(token), _token_span(token, filename))
+
+
+def _token_span(token: Token, filename: str) -> Span:
+    line = token.line or 1
+    col = token.column or 1
+    end_line = token.end_line or line
+    end_col = token.end_column or col + len(str(token))
+    return Span(filename, line, col, end_line, end_col)
+
+
+def _leaves(tree: Tree[Any]) -> Iterator[Token]:
+    for child in tree.children:
+        if isinstance(child, Token):
+            yield child
+        else:
+            yield from _leaves(child)
+
+
+def _join(first: Span, last: Span) -> Span:
+    return Span(first.file, first.line, first.col, last.end_line, last.end_col)
+
+
+def _item(tree: Tree[Any], filename: str) -> Item:
+    head: list[Tok] = []
+    body: list[Setting] | None = None
+    close: Span | None = None
+    for child in tree.children:
+        if isinstance(child, Tree) and child.data in ("model_body", "target_body"):
+            body, close = _body(child, filename)
+        elif isinstance(child, Tree):
+            body = body if body is not None else []
+            body.append(_setting(child, filename))
+        elif child.type == "LBRACE":
+            body = body if body is not None else []
+        elif child.type == "RBRACE":
+            close = _token_span(child, filename)
+        else:
+            head.append(_tok(child, filename))
+    end = close if close is not None else head[-1].span
+    return Item(
+        str(tree.data),
+        tuple(head),
+        tuple(body) if body is not None else None,
+        _join(head[0].span, end),
+        close,
+    )
+
+
+def _body(tree: Tree[Any], filename: str) -> tuple[list[Setting], Span | None]:
+    settings: list[Setting] = []
+    close: Span | None = None
+    for child in tree.children:
+        if isinstance(child, Tree):
+            settings.append(_setting(child, filename))
+        elif child.type == "RBRACE":
+            close = _token_span(child, filename)
+    return settings, close
+
+
+def _setting(tree: Tree[Any], filename: str) -> Setting:
+    tokens = tuple(_tok(t, filename) for t in _leaves(tree))
+    return Setting(str(tree.data), tokens, _join(tokens[0].span, tokens[-1].span))
+
+
+def scan_comments(text: str) -> Iterator[Comment]:
+    """Every `#` comment outside a string. Strings never span lines, so a line scan suffices."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        in_string = escaped = False
+        for index, char in enumerate(line):
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif char == "\\":
+                    escaped = True
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char == "#":
+                own = not line[:index].strip()
+                yield Comment(line[index:].rstrip(), number, index + 1, own)
+                break
+
+
+# ------------------------------------------------------------------ syntax errors
+
+
+def _terminal_word(name: str) -> str:
+    if name in TERMINAL_WORDS:
+        return TERMINAL_WORDS[name]
+    for terminal in lark_parser().terminals:
+        if terminal.name == name:
+            return f"`{terminal.pattern.value}`" if terminal.pattern.type == "str" else name
+    return name
+
+
+def _keyword_text(name: str) -> str | None:
+    for terminal in lark_parser().terminals:
+        if terminal.name == name and terminal.pattern.type == "str":
+            value = str(terminal.pattern.value)
+            return value if value.replace("_", "").isalpha() else None
+    return None
+
+
+def expected_words(names: Iterable[str]) -> str:
+    """'`a`', '`a` or `b`', 'one of `a`, `b`, `c`': keywords first, then kinds of value."""
+    names = set(names)
+    keywords = sorted(w for n in names if (w := _keyword_text(n)) is not None)
+    others = sorted(
+        _terminal_word(n) for n in names if _keyword_text(n) is None and n not in ("RBRACE",)
+    )
+    words = [f"`{k}`" for k in keywords] + others
+    if "RBRACE" in names:
+        words.append("`}`")
+    if len(words) == 1:
+        return words[0]
+    if len(words) == 2:
+        return f"{words[0]} or {words[1]}"
+    return "one of " + ", ".join(words)
+
+
+def _accepts(err: UnexpectedInput) -> set[str]:
+    interactive = getattr(err, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            return {n for n in interactive.accepts() if n != "COMMENT"}
+        except Exception:  # accepts() replays the parser; fall back to the lexer's view
+            pass
+    expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or ()
+    return set(expected)
+
+
+def _context(accepts: set[str]) -> str | None:
+    for keyword, context in _CONTEXT_BY_KEYWORD:
+        if keyword in accepts:
+            return context
+    return None
+
+
+def _eof_span(text: str, filename: str) -> Span:
+    lines = text.splitlines() or [""]
+    if text.endswith("\n"):
+        return Span.point(filename, len(lines) + 1, 1)
+    return Span.point(filename, len(lines), len(lines[-1]) + 1)
+
+
+def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagnostic:
+    accepts = _accepts(err)
+    expected = expected_words(accepts) if accepts else None
+    if isinstance(err, UnexpectedCharacters):
+        return _bad_character(err, text, filename, expected)
+    if isinstance(err, UnexpectedEOF) or (
+        isinstance(err, UnexpectedToken) and err.token.type == "$END"
+    ):
+        message = "unexpected end of file"
+        if "RBRACE" in accepts:
+            message += "; a `{` block is not closed"
+        return Diagnostic("E104", message, _eof_span(text, filename), expected)
+    assert isinstance(err, UnexpectedToken)
+    token = err.token
+    span = _token_span(token, filename)
+    if token.type == "NAME":
+        keywords = [k for n in accepts if (k := _keyword_text(n)) is not None]
+        context = _context(accepts)
+        guess = did_you_mean(str(token), keywords)
+        help_text = f"did you mean `{guess}`?" if guess else None
+        if context == "the file":
+            message = f"unknown statement `{token}`"
+        elif context is not None:
+            message = f"unknown setting `{token}` in {context}"
+        elif keywords:
+            message = f"unexpected word `{token}`"
+        else:
+            message = f"unexpected word `{token}`"
+        return Diagnostic("E102", message, span, expected, help_text)
+    return Diagnostic("E102", f"unexpected {_describe(token)}", span, expected)
+
+
+def _describe(token: Token) -> str:
+    if token.type == "NUMBER":
+        return f"number `{token}`"
+    if token.type == "STRING":
+        return f"string {token}"
+    return f"`{token}`"
+
+
+def _bad_character(
+    err: UnexpectedCharacters, text: str, filename: str, expected: str | None
+) -> Diagnostic:
+    line_text = text.splitlines()[err.line - 1] if text.splitlines() else ""
+    char = err.char
+    if char == '"':
+        span = Span(filename, err.line, err.column, err.line, len(line_text) + 1)
+        return Diagnostic("E103", "unterminated string", span, None, 'close it with `"`')
+    span = Span.point(filename, err.line, err.column)
+    shown = repr(char) if not char.isprintable() or char.isspace() else f"`{char}`"
+    help_text = "thresholds are written `>= 90%`" if char in "<>=" else None
+    return Diagnostic("E101", f"unexpected character {shown}", span, expected, help_text)
