@@ -1,0 +1,66 @@
+"""Which architectures the ONNX backend exports, and how each one is laid out (data, not code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prunec.errors import BuildError
+
+#: How the decoder's position ids are shaped. "1d": [batch, seq] (RoPE on token positions).
+PositionScheme = Literal["1d"]
+
+
+@dataclass(frozen=True)
+class OnnxArch:
+    """How one model type is split into graphs.
+
+    vision: True when the model has a vision tower exported as `vision_encoder.onnx`
+        (pixel values -> image features projected into the text embedding space).
+    image_token_attr: config attribute holding the placeholder token id (VLMs only).
+    positions: the position-id scheme the decoder graph takes (see PositionScheme).
+    """
+
+    vision: bool = False
+    image_token_attr: str = "image_token_id"
+    positions: PositionScheme = "1d"
+
+
+#: model_type -> layout. A new family is a new entry once its parity tests pass.
+ARCHITECTURES: dict[str, OnnxArch] = {
+    "llama": OnnxArch(),
+    "mistral": OnnxArch(),
+    "qwen2": OnnxArch(),
+    "qwen3": OnnxArch(),
+    "llava": OnnxArch(vision=True, image_token_attr="image_token_id"),
+}
+
+#: Known VLM families that are not exported yet, with the reason users see.
+NOT_YET: dict[str, str] = {
+    "qwen2_vl": "3-D M-RoPE positions and a vision tower that torch.export cannot trace with "
+    "dynamic shapes are not handled yet",
+    "qwen2_5_vl": "3-D M-RoPE positions and a windowed vision tower are not handled yet",
+    "qwen3_vl": "3-D M-RoPE positions and deepstack visual features are not handled yet",
+    "idefics3": "image splitting and the connector's pixel shuffle are not wired into the runner yet",
+    "gemma3": "bidirectional attention over image tokens is not expressed in the decoder graph yet",
+}
+
+
+def check_onnx_supported(model_type: str) -> None:
+    """Raise BuildError naming `model_type` when the ONNX backend cannot export it.
+
+    Called before any work is done, so an unsupported architecture fails fast.
+    """
+    if model_type in ARCHITECTURES:
+        return
+    supported = ", ".join(sorted(ARCHITECTURES))
+    reason = NOT_YET.get(model_type, "no ONNX layout is defined for it")
+    raise BuildError(
+        f"target onnx does not support model type `{model_type}` ({reason}); supported: {supported}"
+    )
+
+
+def arch_for(model_type: str) -> OnnxArch:
+    """The layout of a supported `model_type` (raises BuildError otherwise)."""
+    check_onnx_supported(model_type)
+    return ARCHITECTURES[model_type]

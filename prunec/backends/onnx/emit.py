@@ -1,0 +1,281 @@
+"""`emit_onnx`: export every graph, check it, write the manifest and files, verify parity."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunec.backends.onnx import export as ex
+from prunec.backends.onnx.arch import OnnxArch, arch_for
+from prunec.backends.onnx.parity import (
+    Sample,
+    decoder_diffs,
+    embed_diff,
+    greedy_agreement,
+    to_sample,
+    top1_agreement,
+    vision_diff,
+)
+from prunec.backends.onnx.report import OnnxReport
+from prunec.errors import BuildError
+from prunec.plan.model import TargetSpec
+from prunec.runtime.generate import OnnxGenerator
+from prunec.runtime.manifest import GraphSpec, Manifest, TensorSpec
+
+#: Float32 parity bound: absolute, widened for models whose logits are large.
+BASE_TOLERANCE = 1e-3
+RELATIVE_TOLERANCE = 1e-4
+GREEDY_TOKENS = 8
+
+
+def graph_spec(path: Path, directory: Path) -> GraphSpec:
+    """Inputs and outputs of an ONNX file, with symbolic dims by name."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: Any) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        dims = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in tensor.shape.dim)
+        return TensorSpec(value.name, dtype, dims)
+
+    inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
+    return GraphSpec(
+        str(path.relative_to(directory)), inputs, tuple(spec(v) for v in model.graph.output)
+    )
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)  # path form handles external data
+    except onnx.checker.ValidationError as err:
+        raise BuildError(f"{path.name} failed onnx.checker: {err}") from err
+
+
+def _eos_ids(model: nn.Module) -> tuple[int, ...]:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config.get_text_config(decoder=True), "eos_token_id", None)  # type: ignore[union-attr,operator]
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def _image_token_id(model: nn.Module, arch: OnnxArch) -> int:
+    config = model.config
+    value = getattr(config, arch.image_token_attr, None)
+    if value is None:
+        value = getattr(config, "image_token_index", None)
+    if value is None:
+        raise BuildError(f"{config.model_type} config has no `{arch.image_token_attr}`")  # type: ignore[union-attr]
+    return int(value)
+
+
+def _image_size(model: nn.Module, samples: Sequence[Sample]) -> tuple[int, int]:
+    for sample in samples:
+        if sample.pixel_values is not None:
+            return int(sample.pixel_values.shape[-2]), int(sample.pixel_values.shape[-1])
+    size = model.config.vision_config.image_size  # type: ignore[union-attr]
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))  # type: ignore[index]
+
+
+def _synthetic_samples(model: nn.Module, arch: OnnxArch, layout: ex.KvLayout) -> list[Sample]:
+    """A small deterministic prompt (with one image for VLMs) when no calibration data is given."""
+    rng = np.random.default_rng(0)
+    low = 8  # skip the special and image-placeholder ids at the start of the vocabulary
+    words = rng.integers(low, layout.vocab_size, size=(1, 10))
+    if not arch.vision:
+        return [Sample(words, np.ones_like(words), None)]
+    height, width = _image_size(model, [])
+    pixels = rng.standard_normal((1, 3, height, width)).astype(np.float32)
+    with torch.no_grad():
+        count = ex._Vision(model)(torch.from_numpy(pixels)).shape[1]
+    slots = np.full((1, count), _image_token_id(model, arch))
+    ids = np.concatenate([words[:, :3], slots, words[:, 3:]], axis=1).astype(np.int64)
+    return [Sample(ids, np.ones_like(ids), pixels)]
+
+
+def _float32(model: nn.Module) -> nn.Module:
+    # onnxruntime's CPU kernels are float32; export a float32 copy, leave the caller's model be
+    if all(p.dtype == torch.float32 for p in model.parameters()):
+        return model.eval()
+    return copy.deepcopy(model).float().eval()
+
+
+def _export_all(
+    model: nn.Module, arch: OnnxArch, out_dir: Path, target: TargetSpec, samples: list[Sample]
+) -> dict[str, Path]:
+    layout = ex.kv_layout(model)
+    paths = {"embed_tokens": out_dir / ex.EMBED_FILE}
+    ex.export_embed(model, paths["embed_tokens"], target.opset)
+    if arch.vision:
+        paths["vision_encoder"] = out_dir / ex.VISION_FILE
+        pixels = next((s.pixel_values for s in samples if s.pixel_values is not None), None)
+        assert pixels is not None
+        ex.export_vision(model, torch.from_numpy(pixels), paths["vision_encoder"], target.opset)
+    paths["decoder"] = out_dir / (ex.DECODER_FILE if target.kv_cache else ex.DECODER_NO_CACHE_FILE)
+    ex.export_decoder(model, layout, paths["decoder"], target.opset, target.kv_cache)
+    for path in paths.values():
+        _check(path)
+    return paths
+
+
+def _write_manifest(
+    model: nn.Module,
+    arch: OnnxArch,
+    out_dir: Path,
+    target: TargetSpec,
+    paths: dict[str, Path],
+    samples: list[Sample],
+) -> Manifest:
+    layout = ex.kv_layout(model)
+    vision: dict[str, Any] = {}
+    if arch.vision:
+        pixels = next(s.pixel_values for s in samples if s.pixel_values is not None)
+        with torch.no_grad():
+            count = ex._Vision(model)(torch.from_numpy(pixels[:1])).shape[1]
+        vision = {
+            "image_token_id": _image_token_id(model, arch),
+            "image_tokens_per_image": int(count),
+            "image_size": _image_size(model, samples),
+        }
+    text = model.config.get_text_config(decoder=True)  # type: ignore[union-attr,operator]
+    manifest = Manifest(
+        model_type=str(model.config.model_type),  # type: ignore[union-attr]
+        graphs={role: graph_spec(path, out_dir) for role, path in paths.items()},
+        num_layers=layout.num_layers,
+        num_kv_heads=layout.num_kv_heads,
+        head_dim=layout.head_dim,
+        hidden_size=layout.hidden_size,
+        vocab_size=layout.vocab_size,
+        kv_cache=target.kv_cache,
+        position_ids=arch.positions,
+        eos_token_ids=_eos_ids(model),
+        pad_token_id=getattr(text, "pad_token_id", None),
+        quantize=target.quantize,
+        **vision,
+    )
+    manifest.write(out_dir)
+    return manifest
+
+
+def _save_side_files(model: nn.Module, processor: Any | None, out_dir: Path) -> None:
+    model.config.save_pretrained(out_dir)  # type: ignore[union-attr,operator]
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(out_dir)
+    if processor is not None:
+        processor.save_pretrained(out_dir)
+
+
+def _quantize(paths: dict[str, Path]) -> None:
+    """Dynamic int8 weights for the decoder and vision graphs (embeddings stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for role in ("decoder", "vision_encoder"):
+        if role not in paths:
+            continue
+        path = paths[role]
+        tmp = path.with_name(path.stem + ".int8.onnx")
+        big = (
+            path.stat().st_size
+            + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
+            > 2**31 - 2**20
+        )
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, use_external_data_format=big)
+        for old in path.parent.glob(path.name + "*"):
+            old.unlink()
+        tmp.rename(path)
+        _check(path)
+
+
+def emit_onnx(
+    model: Any,
+    processor: Any | None,
+    out_dir: Path,
+    *,
+    target: TargetSpec,
+    sample_inputs: Sequence[dict[str, Any]] = (),
+) -> OnnxReport:
+    """Write the ONNX artifact for `model` into `out_dir` and verify it against PyTorch.
+
+    Raises BuildError for an unsupported architecture (before any work), a graph that fails
+    onnx.checker, or float32 parity beyond tolerance. `out_dir` is a staging directory.
+    """
+    start = time.perf_counter()
+    arch = arch_for(str(model.config.model_type))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _float32(model)
+    layout = ex.kv_layout(model)
+    samples = [to_sample(s) for s in sample_inputs] or _synthetic_samples(model, arch, layout)
+    if arch.vision and not any(s.pixel_values is not None for s in samples):
+        samples += _synthetic_samples(model, arch, layout)
+    paths = _export_all(model, arch, out_dir, target, samples)
+    _write_manifest(model, arch, out_dir, target, paths, samples)
+    _save_side_files(model, processor, out_dir)
+
+    diffs, tolerance, float_logits = _float_parity(model, out_dir, arch, samples)
+    int8_diff = int8_top1 = None
+    if target.quantize == "int8":
+        _quantize(paths)
+        gen = OnnxGenerator(out_dir, threads=1)
+        int8_diff, int8_top1 = 0.0, 1.0
+        for sample, ref in zip(samples, float_logits, strict=True):
+            _, logits, _ = decoder_diffs(model, gen, sample)
+            int8_diff = max(
+                int8_diff, float(np.abs(logits - ref)[sample.attention_mask.astype(bool)].max())
+            )
+            int8_top1 = min(int8_top1, top1_agreement(logits, ref, sample.attention_mask))
+    gen = OnnxGenerator(out_dir, threads=1)
+    agreement = greedy_agreement(model, gen, samples[-1], GREEDY_TOKENS)
+    manifest = Manifest.read(out_dir)
+    return OnnxReport(
+        graphs=manifest.graphs,
+        max_abs_diff=diffs,
+        tolerance=tolerance,
+        greedy_token_agreement=agreement,
+        int8_logit_max_abs_diff=int8_diff,
+        int8_top1_agreement=int8_top1,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _float_parity(
+    model: nn.Module, out_dir: Path, arch: OnnxArch, samples: list[Sample]
+) -> tuple[dict[str, float], float, list[np.ndarray]]:
+    gen = OnnxGenerator(out_dir, threads=1)
+    diffs = {"embed_tokens": 0.0, "decoder": 0.0}
+    if arch.vision:
+        diffs["vision_encoder"] = 0.0
+    scale = 0.0
+    refs = []
+    for sample in samples:
+        diffs["embed_tokens"] = max(diffs["embed_tokens"], embed_diff(model, gen, sample))
+        if arch.vision and sample.pixel_values is not None:
+            diffs["vision_encoder"] = max(diffs["vision_encoder"], vision_diff(model, gen, sample))
+        worst, _, ref = decoder_diffs(model, gen, sample)
+        diffs["decoder"] = max(diffs["decoder"], worst)
+        scale = max(scale, float(np.abs(ref).max()))
+        refs.append(ref)
+    tolerance = max(BASE_TOLERANCE, RELATIVE_TOLERANCE * scale)
+    bad = {role: d for role, d in diffs.items() if not d <= tolerance}
+    if bad:
+        worst_role = max(bad, key=bad.__getitem__)
+        raise BuildError(
+            f"ONNX parity failed: {worst_role} differs from PyTorch by {bad[worst_role]:.3g} "
+            f"(tolerance {tolerance:.3g}); nothing was published"
+        )
+    return diffs, tolerance, refs

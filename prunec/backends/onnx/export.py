@@ -1,0 +1,216 @@
+"""Graph export: thin torch wrappers around a (pruned) HF model and torch.onnx (dynamo) calls.
+
+Why one decoder graph and no `use_cache_branch`: the dynamo exporter on torch 2.13 traces
+the decoder with past key/values as ordinary inputs whose sequence axis is symbolic. The
+resulting graph is a plain Concat of past and new keys, which onnxruntime runs unchanged
+with a zero-length past, so the same graph serves prefill (past length 0) and decode
+(past length > 0). Parity is checked for both cases, so this is verified, not assumed.
+One graph means the weights are stored once (a prefill + decode pair would duplicate
+them, and optimum's If-merge is not available for transformers 5).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EMBED_FILE = "embed_tokens.onnx"
+VISION_FILE = "vision_encoder.onnx"
+DECODER_FILE = "decoder_model_merged.onnx"
+DECODER_NO_CACHE_FILE = "decoder_model.onnx"
+
+#: Names of the symbolic axes in every graph (the manifest repeats them).
+BATCH, SEQ, PAST, TOTAL = (
+    "batch",
+    "sequence_length",
+    "past_sequence_length",
+    "total_sequence_length",
+)
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """The decoder's cache: one key and one value tensor per layer, [batch, heads, seq, dim]."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+
+    def past_names(self) -> list[str]:
+        return [
+            f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")
+        ]
+
+    def present_names(self) -> list[str]:
+        return [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+
+
+def kv_layout(model: nn.Module) -> KvLayout:
+    """Read the cache geometry from the model's text config (after pruning)."""
+    text = model.config.get_text_config(decoder=True)  # type: ignore[union-attr,operator]
+    heads = int(text.num_attention_heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return KvLayout(
+        num_layers=int(text.num_hidden_layers),
+        num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(head_dim),
+        hidden_size=int(text.hidden_size),
+        vocab_size=int(text.vocab_size),
+    )
+
+
+class _Embed(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.embed = model.get_input_embeddings()  # type: ignore[operator]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)  # type: ignore[no-any-return]
+
+
+class _Vision(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=pixel_values)  # type: ignore[operator]
+        feats = getattr(out, "pooler_output", out)
+        if isinstance(feats, (list, tuple)):
+            feats = torch.stack(list(feats))
+        if feats.dim() == 2:  # some towers flatten all images into one token axis
+            feats = feats.reshape(pixel_values.shape[0], -1, feats.shape[-1])
+        return feats  # type: ignore[no-any-return]
+
+
+class _Decoder(nn.Module):
+    """inputs_embeds, attention_mask, position_ids, *past -> logits, *present."""
+
+    def __init__(self, model: nn.Module, layout: KvLayout, kv_cache: bool):
+        super().__init__()
+        self.model = model
+        self.layout = layout
+        self.kv_cache = kv_cache
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = None
+        if self.kv_cache:
+            # A config-less cache keeps every layer's full history; sliding-window layers
+            # are then limited by their attention mask, which gives the same logits.
+            cache = DynamicCache()
+            for i in range(self.layout.num_layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=self.kv_cache,
+        )
+        if not self.kv_cache:
+            return (out.logits,)
+        present: list[torch.Tensor] = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic_shapes: Any,
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    opset: int,
+    rename: dict[str, list[str | int]] | None = None,
+) -> None:
+    import onnx_ir as ir
+
+    # transformers' torch-side input checks trace to aten._is_all_true, which dynamo cannot
+    # export (see DESIGN.md); they guard user input, not graph semantics.
+    os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            verbose=False,
+        )
+    assert program is not None
+    for value in program.model.graph.inputs:
+        if rename and value.name in rename:
+            value.shape = ir.Shape(rename[value.name])
+    # Over 2 GB the protobuf limit forces external data; save() switches automatically.
+    program.save(str(path))
+
+
+def export_embed(model: nn.Module, path: Path, opset: int) -> None:
+    """input_ids [batch, seq] -> inputs_embeds [batch, seq, hidden]."""
+    from torch.export import Dim
+
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]], dtype=torch.long)
+    shapes = {"input_ids": {0: Dim(BATCH), 1: Dim(SEQ)}}
+    _export(_Embed(model), (ids,), shapes, ["input_ids"], ["inputs_embeds"], path, opset)
+
+
+def export_vision(model: nn.Module, pixel_values: torch.Tensor, path: Path, opset: int) -> None:
+    """pixel_values [1, 3, H, W] -> image_features [1, tokens, hidden]: one image per call.
+
+    Fully static: vision towers often specialise the image axis during tracing (CLIP does
+    on torch 2.13), and a fixed grid is what edge runtimes optimise best anyway.
+    """
+    example = pixel_values[:1].float()
+    _export(_Vision(model), (example,), None, ["pixel_values"], ["image_features"], path, opset)
+
+
+def export_decoder(
+    model: nn.Module, layout: KvLayout, path: Path, opset: int, kv_cache: bool
+) -> None:
+    """The language model with its head; with `kv_cache`, past/present key values too."""
+    from torch.export import Dim
+
+    batch, seq, past_len = 2, 3, 4  # example sizes above 1: dynamo specialises 0 and 1
+    past_len = past_len if kv_cache else 0
+    embeds = torch.randn(batch, seq, layout.hidden_size)
+    mask = torch.ones(batch, past_len + seq, dtype=torch.long)
+    positions = torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous()
+    b, s = Dim(BATCH), Dim(SEQ)
+    shapes: dict[str, Any] = {
+        "inputs_embeds": {0: b, 1: s},
+        "attention_mask": {0: b, 1: Dim.AUTO},
+        "position_ids": {0: b, 1: s},
+    }
+    args: tuple[torch.Tensor, ...] = (embeds, mask, positions)
+    names = ["inputs_embeds", "attention_mask", "position_ids"]
+    outputs = ["logits"]
+    if kv_cache:
+        kv_shape = (batch, layout.num_kv_heads, past_len, layout.head_dim)
+        args += tuple(torch.randn(kv_shape) for _ in range(2 * layout.num_layers))
+        shapes["past"] = tuple({0: b, 2: Dim(PAST)} for _ in range(2 * layout.num_layers))
+        names += layout.past_names()
+        outputs += layout.present_names()
+    wrapper = _Decoder(model, layout, kv_cache).eval()
+    rename: dict[str, list[str | int]] = {"attention_mask": [BATCH, TOTAL if kv_cache else SEQ]}
+    _export(wrapper, args, shapes, names, outputs, path, opset, rename)

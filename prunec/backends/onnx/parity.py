@@ -1,0 +1,123 @@
+"""onnxruntime vs PyTorch on the same inputs: per-graph max abs diff and greedy-token agreement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunec.runtime.generate import OnnxGenerator, positions_from_mask
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One parity input in numpy: ids [batch, seq], mask [batch, seq], optional pixels."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    pixel_values: np.ndarray | None
+
+
+def to_sample(inputs: dict[str, Any]) -> Sample:
+    """Normalise a processor output (torch or numpy tensors) into a Sample."""
+
+    def arr(value: Any) -> np.ndarray:
+        return (
+            value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        )
+
+    ids = arr(inputs["input_ids"]).astype(np.int64).reshape(-1, arr(inputs["input_ids"]).shape[-1])
+    mask = (
+        arr(inputs["attention_mask"]).astype(np.int64)
+        if "attention_mask" in inputs
+        else np.ones_like(ids)
+    )
+    pixels = inputs.get("pixel_values")
+    return Sample(
+        ids, mask.reshape(ids.shape), None if pixels is None else arr(pixels).astype(np.float32)
+    )
+
+
+def _torch_logits(model: nn.Module, sample: Sample) -> np.ndarray:
+    kwargs: dict[str, Any] = {
+        "input_ids": torch.from_numpy(sample.input_ids),
+        "attention_mask": torch.from_numpy(sample.attention_mask),
+        "position_ids": torch.from_numpy(positions_from_mask(sample.attention_mask)),
+    }
+    if sample.pixel_values is not None:
+        kwargs["pixel_values"] = torch.from_numpy(sample.pixel_values)
+    with torch.no_grad():
+        return model(**kwargs).logits.float().numpy()  # type: ignore[no-any-return]
+
+
+def _masked_max(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    keep = mask.astype(bool)
+    return float(np.abs(a[keep] - b[keep]).max()) if keep.any() else 0.0
+
+
+def decoder_diffs(
+    model: nn.Module, gen: OnnxGenerator, sample: Sample
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Max diff of prefill and cached decode logits; also the ORT and torch logits."""
+    ref = _torch_logits(model, sample)
+    embeds = gen.prompt_embeds(sample.input_ids, sample.pixel_values)
+    mask = sample.attention_mask
+    positions = positions_from_mask(mask)
+    logits, _ = gen.decode(embeds, mask, positions)
+    worst = _masked_max(logits, ref, mask)
+    split = max(1, sample.input_ids.shape[1] - 2)
+    if gen.manifest.kv_cache and split < sample.input_ids.shape[1]:
+        # prefill the head, then feed the last tokens against the cache: exercises past > 0
+        _, past = gen.decode(embeds[:, :split], mask[:, :split], positions[:, :split])
+        tail, _ = gen.decode(embeds[:, split:], mask, positions[:, split:], past)
+        worst = max(worst, _masked_max(tail, ref[:, split:], mask[:, split:]))
+    return worst, logits, ref
+
+
+def embed_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
+    with torch.no_grad():
+        ref = model.get_input_embeddings()(torch.from_numpy(sample.input_ids)).float().numpy()  # type: ignore[operator]
+    return float(np.abs(gen.embed(sample.input_ids) - ref).max())
+
+
+def vision_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
+    from prunec.backends.onnx.export import _Vision
+
+    assert sample.pixel_values is not None
+    with torch.no_grad():
+        ref = _Vision(model)(torch.from_numpy(sample.pixel_values)).float().numpy()
+    return float(np.abs(gen.image_features(sample.pixel_values) - ref).max())
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    keep = mask.astype(bool)
+    return float((a.argmax(-1)[keep] == b.argmax(-1)[keep]).mean())
+
+
+def torch_greedy(model: nn.Module, sample: Sample, max_new_tokens: int) -> list[int]:
+    """PyTorch's greedy tokens for the first row of `sample` (padding stripped)."""
+    row = sample.attention_mask[0].astype(bool)
+    ids = torch.from_numpy(sample.input_ids[:1, row])
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids)}
+    if sample.pixel_values is not None:
+        kwargs["pixel_values"] = torch.from_numpy(sample.pixel_values[:1])
+    with torch.no_grad():
+        out = model.generate(  # type: ignore[operator]
+            ids, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
+        )
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+def greedy_agreement(
+    model: nn.Module, gen: OnnxGenerator, sample: Sample, max_new_tokens: int = 8
+) -> float:
+    """Fraction of torch's greedy tokens the runner reproduces, position by position."""
+    expected = torch_greedy(model, sample, max_new_tokens)
+    row = sample.attention_mask[0].astype(bool)
+    pixels = None if sample.pixel_values is None else sample.pixel_values[:1]
+    got = gen.generate(sample.input_ids[0, row], pixels, max_new_tokens=len(expected)).tokens
+    same = sum(a == b for a, b in zip(expected, got, strict=False))
+    return same / max(len(expected), 1)

@@ -1,0 +1,35 @@
+"""What an ONNX emission produced and how closely it matches PyTorch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prunec.runtime.manifest import GraphSpec
+
+
+@dataclass(frozen=True)
+class OnnxReport:
+    """Result of `emit_onnx`.
+
+    graphs: role ("embed_tokens", "vision_encoder", "decoder") -> file, inputs and outputs
+        (file relative to the output directory).
+    max_abs_diff: role -> largest |onnxruntime - PyTorch| over the parity samples, in float32
+        before any quantization ("decoder" covers prefill and cached decode; compared on
+        non-padding positions only).
+    tolerance: the bound every max_abs_diff stayed within (the build fails otherwise).
+    greedy_token_agreement: fraction of PyTorch's greedy tokens (generate, do_sample=False)
+        that the onnxruntime runner reproduced, position by position, on the first sample;
+        measured on the published graphs (int8 ones when quantized).
+    int8_logit_max_abs_diff / int8_top1_agreement: for `quantize int8`, how far the int8
+        decoder's logits are from PyTorch's and how often their argmax agrees (None otherwise).
+    seconds: wall time of the whole emission (export, checks, parity, quantization).
+    """
+
+    graphs: dict[str, GraphSpec]
+    max_abs_diff: dict[str, float]
+    tolerance: float
+    greedy_token_agreement: float
+    int8_logit_max_abs_diff: float | None = None
+    int8_top1_agreement: float | None = None
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)

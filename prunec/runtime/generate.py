@@ -1,0 +1,143 @@
+"""Greedy decoding over the artifact's graphs with a numpy KV cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prunec.runtime.manifest import Manifest
+from prunec.runtime.session import make_session
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """tokens: generated ids (eos included when emitted); prompt_ids: the full prompt fed.
+
+    prefill_s / decode_s: wall time of the first decoder call and of all later steps.
+    """
+
+    tokens: tuple[int, ...]
+    prompt_ids: tuple[int, ...]
+    prefill_s: float
+    decode_s: float
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """1-D position ids that skip left padding: the count of real tokens before each one."""
+    positions = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, positions).astype(np.int64)
+
+
+class OnnxGenerator:
+    """Loads an artifact directory and runs its graphs (batch of one for generation)."""
+
+    def __init__(self, directory: Path, threads: int | None = None):
+        self.directory = Path(directory)
+        self.manifest = Manifest.read(self.directory)
+        self.sessions = {
+            role: make_session(self.directory / graph.file, threads)
+            for role, graph in self.manifest.graphs.items()
+        }
+
+    # --- single graphs ---------------------------------------------------------------------
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        return self.sessions["embed_tokens"].run(None, {"input_ids": ids})[0]  # type: ignore[no-any-return]
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        if "vision_encoder" not in self.sessions:
+            raise ValueError(f"this {self.manifest.model_type} artifact has no vision graph")
+        pixels = np.asarray(pixel_values, dtype=np.float32)
+        session = self.sessions["vision_encoder"]
+        # the vision graph takes one image per call (fixed-grid export)
+        feats = [
+            session.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(len(pixels))
+        ]
+        return np.concatenate(feats, axis=0)
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        m = self.manifest
+        shape = (batch, m.num_kv_heads, 0, m.head_dim)
+        return [np.zeros(shape, np.float32) for _ in range(2 * m.num_layers)]
+
+    def decode(
+        self,
+        inputs_embeds: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder call: logits [batch, seq, vocab] and the new cache (empty without KV)."""
+        feed: dict[str, np.ndarray] = {
+            "inputs_embeds": inputs_embeds.astype(np.float32),
+            "attention_mask": attention_mask.astype(np.int64),
+            "position_ids": position_ids.astype(np.int64),
+        }
+        if self.manifest.kv_cache:
+            past = past if past is not None else self.empty_past(inputs_embeds.shape[0])
+            for i in range(self.manifest.num_layers):
+                feed[f"past_key_values.{i}.key"] = past[2 * i]
+                feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        logits, *present = self.sessions["decoder"].run(None, feed)
+        return logits, present
+
+    # --- prompt assembly -------------------------------------------------------------------
+
+    def prompt_embeds(self, input_ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
+        """Token embeddings with each image placeholder replaced by one image feature, in order."""
+        embeds = self.embed(input_ids)
+        if pixel_values is None:
+            return embeds
+        feats = self.image_features(pixel_values)
+        feats = feats.reshape(-1, feats.shape[-1])
+        slots = np.asarray(input_ids) == self.manifest.image_token_id
+        if int(slots.sum()) != feats.shape[0]:
+            raise ValueError(
+                f"prompt has {int(slots.sum())} image placeholders but the images give "
+                f"{feats.shape[0]} features"
+            )
+        embeds[slots] = feats.astype(embeds.dtype)
+        return embeds
+
+    # --- generation ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: list[int] | np.ndarray,
+        pixel_values: np.ndarray | None = None,
+        max_new_tokens: int = 32,
+    ) -> GenerationResult:
+        """Greedy tokens for one prompt, stopping after an eos id or `max_new_tokens`."""
+        ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
+        embeds = self.prompt_embeds(ids, pixel_values)
+        eos = set(self.manifest.eos_token_ids)
+        tokens: list[int] = []
+        past: list[np.ndarray] | None = None
+        total = ids.shape[1]
+        step_in = embeds
+        positions = np.arange(total, dtype=np.int64)[None]
+        t0 = time.perf_counter()
+        prefill_s = 0.0
+        while len(tokens) < max_new_tokens:
+            mask = np.ones((1, total), np.int64)
+            logits, present = self.decode(step_in, mask, positions, past)
+            if not tokens:
+                prefill_s = time.perf_counter() - t0
+            token = int(np.argmax(logits[0, -1]))
+            tokens.append(token)
+            if token in eos:
+                break
+            new = self.embed(np.array([[token]], np.int64))
+            if self.manifest.kv_cache:
+                past, step_in = present, new
+                positions = np.array([[total]], np.int64)
+            else:  # no cache: recompute the whole sequence
+                step_in = np.concatenate([step_in, new], axis=1)
+                positions = np.arange(total + 1, dtype=np.int64)[None]
+            total += 1
+        decode_s = time.perf_counter() - t0 - prefill_s
+        return GenerationResult(tuple(tokens), tuple(int(i) for i in ids[0]), prefill_s, decode_s)

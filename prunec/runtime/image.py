@@ -1,0 +1,60 @@
+"""Image preprocessing in numpy + Pillow, driven by the saved image-processor config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def load_image_config(directory: Path) -> dict[str, Any]:
+    """The image processor's settings: preprocessor_config.json, or nested in processor_config."""
+    direct = Path(directory) / "preprocessor_config.json"
+    if direct.is_file():
+        return json.loads(direct.read_text())  # type: ignore[no-any-return]
+    nested = Path(directory) / "processor_config.json"
+    if nested.is_file():
+        data = json.loads(nested.read_text()).get("image_processor")
+        if isinstance(data, dict):
+            return data
+    raise ValueError(f"no image processor config in {directory}")
+
+
+def _resize_size(size: dict[str, int], width: int, height: int) -> tuple[int, int]:
+    """Target (width, height): fixed, or shortest edge scaled keeping the aspect ratio."""
+    if "height" in size and "width" in size:
+        return size["width"], size["height"]
+    short = size["shortest_edge"]
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    top = max((image.shape[0] - height) // 2, 0)
+    left = max((image.shape[1] - width) // 2, 0)
+    return image[top : top + height, left : left + width]
+
+
+def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
+    """pixel_values [1, 3, H, W] float32, as the CLIP/SigLIP-style processors compute them."""
+    if config.get("do_convert_rgb", True):
+        image = image.convert("RGB")
+    if config.get("do_resize", True):
+        target = _resize_size(config["size"], image.width, image.height)
+        resample = Image.Resampling(config.get("resample", Image.Resampling.BICUBIC))
+        image = image.resize(target, resample=resample)
+    array = np.asarray(image, dtype=np.float32)
+    if config.get("do_center_crop", False):
+        crop = config["crop_size"]
+        array = _center_crop(array, crop["height"], crop["width"])
+    if config.get("do_rescale", True):
+        array = array * np.float32(config.get("rescale_factor", 1 / 255))
+    if config.get("do_normalize", True):
+        mean = np.asarray(config["image_mean"], np.float32)
+        std = np.asarray(config["image_std"], np.float32)
+        array = (array - mean) / std
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32)
