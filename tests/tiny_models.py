@@ -641,8 +641,14 @@ def sample_inputs(model_type: str, processor: Any, with_image: bool = True) -> d
     text = "what is in this image ? two plus three equals"
     is_vlm = spec.image_placeholder is not None
     if not (is_vlm and with_image):
+        import torch
+
         tok = getattr(processor, "tokenizer", processor)
-        inputs = dict(tok(text, return_tensors="pt"))
+        # Ids straight from the vocabulary: AutoTokenizer swaps in Qwen2Tokenizer for qwen2
+        # configs, which re-splits words; the vocabulary is the same for every class.
+        ids = [tok.bos_token_id, *tok.convert_tokens_to_ids((text + " " + text).split())]
+        input_ids = torch.tensor([ids])
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if model_type == "paligemma":  # PaliGemma always wants token_type_ids
             inputs["token_type_ids"] = inputs["input_ids"] * 0
         return inputs
