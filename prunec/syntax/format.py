@@ -177,12 +177,13 @@ def _source_blank_above(lines: list[str], line: int) -> bool:
 
 
 def _render(units: list[_Unit], tail: list[Comment], lines: list[str]) -> str:
-    out: list[str] = []
+    # Each output line is (code, trailing comment); "" code with no comment is a blank line.
+    out: list[tuple[str, str | None]] = []
 
-    def emit(text: str, blank: bool) -> None:
-        if blank and out and out[-1] != "":
-            out.append("")
-        out.append(text)
+    def emit(text: str, blank: bool, comment: str | None = None) -> None:
+        if blank and out and out[-1] != ("", None):
+            out.append(("", None))
+        out.append((text, comment))
 
     for unit in units:
         comment_indent = INDENT if unit.text == "}" and unit.indent else unit.indent
@@ -195,13 +196,29 @@ def _render(units: list[_Unit], tail: list[Comment], lines: list[str]) -> str:
         if unit.text == "}":
             blank = False
         text = unit.indent[: len(unit.indent) - len(INDENT)] if unit.text == "}" else unit.indent
-        text += unit.text
-        if unit.trailing is not None:
-            text += "  " + unit.trailing.text
-        emit(text, blank)
+        trailing = unit.trailing.text if unit.trailing is not None else None
+        emit(text + unit.text, blank, trailing)
     for comment in tail:
         emit(comment.text, _source_blank_above(lines, comment.line))
-    return "\n".join(out) + "\n" if out else ""
+    return "".join(line + "\n" for line in _align_trailing(out))
+
+
+def _align_trailing(out: list[tuple[str, str | None]]) -> list[str]:
+    """Trailing comments on adjacent lines start in one column, two spaces after the code."""
+    lines: list[str] = []
+    index = 0
+    while index < len(out):
+        end = index
+        while end < len(out) and out[end][1] is not None:
+            end += 1
+        if end == index:
+            lines.append(out[index][0])
+            index += 1
+            continue
+        width = max(len(code) for code, _ in out[index:end])
+        lines += [f"{code.ljust(width)}  {comment}" for code, comment in out[index:end]]
+        index = end
+    return lines
 
 
 def _choose(rule: bool | None, lines: list[str], line: int) -> bool:
