@@ -1,0 +1,253 @@
+"""The selection problem (`Constraints`), its answer (`Selection`), regimes and feasibility."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prunec.errors import Diagnostic, Span, SpecError
+from prunec.plan.model import Plan
+
+Regime = Literal["low", "moderate", "high"]
+
+#: Regime thresholds on k / L (fraction of decoder layers removed). The paper's low-budget
+#: example is ~10% of the layers, where *which* layers go dominates; by a third of the stack
+#: structural damage dominates and methods converge or spacing wins. So: low <= 15% (one or two
+#: layers of a 12-28 layer decoder), moderate <= 35%, high above.
+LOW_MAX = 0.15
+MODERATE_MAX = 0.35
+
+#: `auto`'s spacing weight per regime, in units of the mean layer importance: none at low
+#: budgets (trust the domain ranking), some at moderate, strong at high budgets (the paper's
+#: finding that evenly spaced survivors matter most there).
+AUTO_SPACING: dict[str, float] = {"low": 0.0, "moderate": 0.5, "high": 2.0}
+
+
+def regime_for(budget: int, num_layers: int) -> Regime:
+    """low / moderate / high from the fraction of layers removed (see LOW_MAX, MODERATE_MAX)."""
+    ratio = budget / num_layers if num_layers else 0.0
+    if ratio <= LOW_MAX:
+        return "low"
+    if ratio <= MODERATE_MAX:
+        return "moderate"
+    return "high"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Everything the planner needs, with the model's layer count resolved.
+
+    budget: exactly how many layers to remove (for `manual`: len(remove)).
+    max_run / min_gap: None = unconstrained.
+    protect: layers never removed, besides the first `keep_first` and last `keep_last`.
+    spacing_weight: None = chosen by the strategy (`auto`: by regime; others: 0).
+    weights: domain weights (None = equal); normalised by the planner.
+    spans: where the spec wrote each setting (`Plan.spans`), for error messages.
+    """
+
+    num_layers: int
+    budget: int
+    max_run: int | None = None
+    min_gap: int | None = None
+    keep_first: int = 0
+    keep_last: int = 0
+    protect: tuple[int, ...] = ()
+    strategy: str = "auto"
+    spacing_weight: float | None = None
+    tokens: Literal["all", "last"] = "all"
+    remove: tuple[int, ...] | None = None
+    weights: Mapping[str, float] | None = None
+    spans: Mapping[str, Span] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_plan(cls, plan: Plan, num_layers: int) -> Constraints:
+        prune = plan.prune
+        remove = prune.remove
+        if remove is not None:
+            budget = len(remove)
+        elif prune.budget is not None:
+            budget = prune.budget.resolve(num_layers)
+        else:
+            raise SpecError([Diagnostic("E210", "`prune` needs a `budget` or a `remove` list")])
+        strategy = "manual" if remove is not None else prune.strategy
+        return cls(
+            num_layers=num_layers,
+            budget=budget,
+            max_run=prune.max_run,
+            min_gap=prune.min_gap,
+            keep_first=prune.keep_first,
+            keep_last=prune.keep_last,
+            protect=tuple(prune.protect),
+            strategy=strategy,
+            spacing_weight=prune.spacing_weight,
+            tokens=prune.tokens,
+            remove=tuple(remove) if remove is not None else None,
+            weights=plan.normalized_weights() if plan.domains else None,
+            spans=dict(plan.spans),
+        )
+
+    @property
+    def forbidden(self) -> frozenset[int]:
+        """Layers that may never be removed: keep first/last plus protected."""
+        first = range(min(self.keep_first, self.num_layers))
+        last = range(max(self.num_layers - self.keep_last, 0), self.num_layers)
+        return frozenset([*first, *last, *(p for p in self.protect if 0 <= p < self.num_layers)])
+
+    @property
+    def regime(self) -> Regime:
+        return regime_for(self.budget, self.num_layers)
+
+    def span(self, *keys: str) -> Span | None:
+        """The first of `keys` the spec has a span for."""
+        for key in keys:
+            if key in self.spans:
+                return self.spans[key]
+        return None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which decoder layers go.
+
+    removed / kept: sorted 0-based layer indices; together they are 0..num_layers-1.
+    strategy: the strategy the spec asked for ("auto", "domain", ..., "manual").
+    ranking: what the importance came from ("domain", "bi", "angular", "position",
+        "uniform", "iterative", "manual").
+    regime: "low" / "moderate" / "high" (see `regime_for`).
+    objective: sum of `importance` over removed layers + spacing_weight * scale * spacing
+        term (see `prunec.planning.exact`); 0 for strategies without a score.
+    importance: the per-layer values the planner minimised (layer 0 first).
+    spacing_weight: the spacing term's weight in units of the mean |importance|.
+    """
+
+    removed: tuple[int, ...]
+    kept: tuple[int, ...]
+    strategy: str
+    ranking: str
+    regime: Regime
+    objective: float
+    importance: tuple[float, ...]
+    spacing_weight: float
+    num_layers: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "removed": list(self.removed),
+            "kept": list(self.kept),
+            "strategy": self.strategy,
+            "ranking": self.ranking,
+            "regime": self.regime,
+            "objective": self.objective,
+            "importance": list(self.importance),
+            "spacing_weight": self.spacing_weight,
+            "num_layers": self.num_layers,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Selection:
+        return cls(
+            removed=tuple(int(i) for i in data["removed"]),
+            kept=tuple(int(i) for i in data["kept"]),
+            strategy=str(data["strategy"]),
+            ranking=str(data["ranking"]),
+            regime=data["regime"],
+            objective=float(data["objective"]),
+            importance=tuple(float(v) for v in data["importance"]),
+            spacing_weight=float(data["spacing_weight"]),
+            num_layers=int(data["num_layers"]),
+        )
+
+
+def constraint_problems(c: Constraints) -> list[Diagnostic]:
+    """Every reason the constraints cannot be met that has a closed form, each with a span."""
+    problems: list[Diagnostic] = []
+    n, k = c.num_layers, c.budget
+    budget_span = c.span("prune.budget", "prune.remove", "prune")
+    last = f"the model has {n} decoder layers (0-{n - 1})"
+    for key, layers in (("protect", c.protect), ("remove", c.remove or ())):
+        for i, layer in enumerate(layers):
+            if not 0 <= layer < n:
+                problems.append(
+                    Diagnostic(
+                        "E301",
+                        f"{key}: layer {layer} does not exist; {last}",
+                        c.span(f"prune.{key}.{i}", f"prune.{key}"),
+                    )
+                )
+    if k < 1:
+        problems.append(Diagnostic("E302", f"budget {k} removes no layer", budget_span))
+        return problems
+    if k >= n:
+        problems.append(
+            Diagnostic(
+                "E302", f"budget {k} removes every decoder layer; the model has {n}", budget_span
+            )
+        )
+        return problems
+    if c.max_run is not None and c.max_run < 1:
+        problems.append(Diagnostic("E303", "max_run must be at least 1", c.span("prune.max_run")))
+        return problems
+    if c.remove is not None:
+        return problems  # manual: checked against the constraints by the strategy itself
+    removable = n - len(c.forbidden)
+    if k > removable:
+        problems.append(
+            Diagnostic(
+                "E304",
+                f"budget {k} but only {removable} of {n} layers may be removed",
+                budget_span,
+                notes=(_forbidden_note(c),),
+            )
+        )
+    if c.max_run is not None and not c.min_gap:
+        needed = k + math.ceil(k / c.max_run) - 1
+        if needed > n:
+            problems.append(
+                Diagnostic(
+                    "E305",
+                    f"budget {k} with max_run {c.max_run} needs at least {needed} layers; "
+                    f"the model has {n}",
+                    c.span("prune.max_run", "prune.spacing", "prune.budget"),
+                )
+            )
+    if c.min_gap:
+        needed = k + (k - 1) * c.min_gap
+        if needed > n:
+            problems.append(
+                Diagnostic(
+                    "E306",
+                    f"budget {k} with min_gap {c.min_gap} needs at least {needed} layers; "
+                    f"the model has {n}",
+                    c.span("prune.min_gap", "prune.spacing", "prune.budget"),
+                )
+            )
+    return problems
+
+
+def _forbidden_note(c: Constraints) -> str:
+    parts = []
+    if c.keep_first:
+        parts.append(f"keep first {c.keep_first}")
+    if c.keep_last:
+        parts.append(f"keep last {c.keep_last}")
+    if c.protect:
+        parts.append(f"protect {sorted(c.protect)}")
+    return "never removed: " + (", ".join(parts) if parts else "nothing")
+
+
+def infeasible(c: Constraints, why: str | None = None) -> SpecError:
+    """The error for constraints no selection satisfies, pointing at the budget."""
+    message = why or (
+        f"no set of {c.budget} layers out of {c.num_layers} satisfies the keep, protect, "
+        "max_run and min_gap constraints together"
+    )
+    notes = [_forbidden_note(c)]
+    if c.max_run is not None:
+        notes.append(f"max_run {c.max_run}")
+    if c.min_gap:
+        notes.append(f"min_gap {c.min_gap}")
+    return SpecError(
+        [Diagnostic("E307", message, c.span("prune.budget", "prune"), notes=tuple(notes))]
+    )

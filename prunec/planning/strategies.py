@@ -1,0 +1,285 @@
+"""Layer-selection strategies (a registry keyed by name) and the `solve` entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from prunec.errors import Diagnostic, SpecError
+from prunec.plan.model import Plan
+from prunec.planning.exact import objective, satisfies, solve_exact
+from prunec.planning.problem import (
+    AUTO_SPACING,
+    Constraints,
+    Selection,
+    constraint_problems,
+    infeasible,
+)
+from prunec.scoring.scores import LayerScores
+
+Strategy = Callable[[Constraints, LayerScores | None], Selection]
+
+#: name -> strategy. Each takes the constraints and the scores (None when no scores exist).
+STRATEGY_REGISTRY: dict[str, Strategy] = {}
+
+
+def register(name: str) -> Callable[[Strategy], Strategy]:
+    def wrap(fn: Strategy) -> Strategy:
+        STRATEGY_REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def solve(
+    problem: Plan | Constraints,
+    scores: LayerScores | Mapping[str, Sequence[float]],
+    num_layers: int | None = None,
+) -> Selection:
+    """Choose the layers to remove, exactly, under the plan's constraints.
+
+    problem: a Plan (its `prune` section) or ready Constraints.
+    scores: LayerScores, or per-domain importance lists (`{"math": [I(0), I(1), ...]}`); may be
+        empty for strategies that need no scores (manual, last, uniform).
+    num_layers: the decoder's layer count; defaults to the scores' (required without scores).
+    Raises SpecError (pointing at the spec) for unknown strategies and infeasible constraints.
+    """
+    layer_scores = _as_scores(scores)
+    if num_layers is None:
+        if isinstance(problem, Constraints):
+            num_layers = problem.num_layers
+        elif layer_scores is not None:
+            num_layers = layer_scores.num_layers
+        else:
+            raise ValueError("num_layers is required when there are no scores")
+    c = Constraints.from_plan(problem, num_layers) if isinstance(problem, Plan) else problem
+    strategy = STRATEGY_REGISTRY.get(c.strategy)
+    if strategy is None:
+        valid = ", ".join(sorted(STRATEGY_REGISTRY))
+        raise SpecError(
+            [
+                Diagnostic(
+                    "E308",
+                    f"unknown strategy `{c.strategy}`",
+                    c.span("prune.strategy"),
+                    expected=f"one of: {valid}",
+                )
+            ]
+        )
+    problems = constraint_problems(c)
+    if problems:
+        raise SpecError(problems)
+    if layer_scores is not None and layer_scores.num_layers != c.num_layers:
+        raise SpecError(
+            [
+                Diagnostic(
+                    "E309",
+                    f"the scores cover {layer_scores.num_layers} layers; "
+                    f"the model has {c.num_layers}",
+                    c.span("prune.budget", "prune"),
+                )
+            ]
+        )
+    return strategy(c, layer_scores)
+
+
+def _as_scores(scores: LayerScores | Mapping[str, Sequence[float]] | None) -> LayerScores | None:
+    if scores is None or isinstance(scores, LayerScores):
+        return scores
+    if not scores:
+        return None
+    return LayerScores.from_importance(scores)
+
+
+def _missing_scores(c: Constraints, what: str) -> SpecError:
+    return SpecError(
+        [
+            Diagnostic(
+                "E310",
+                f"strategy `{c.strategy}` needs {what}, and there are none",
+                c.span("prune.strategy"),
+                help="run calibration (`prunec score`) or pass a scores file",
+            )
+        ]
+    )
+
+
+def _needs_scores(c: Constraints, scores: LayerScores | None, what: str) -> LayerScores:
+    if scores is None:
+        raise _missing_scores(c, what)
+    return scores
+
+
+def _weights(c: Constraints, scores: LayerScores) -> Mapping[str, float] | None:
+    if c.weights is None:
+        return None
+    missing = sorted(set(c.weights) - set(scores.domains))
+    if missing:
+        raise SpecError(
+            [
+                Diagnostic(
+                    "E311",
+                    f"the scores have no domain {', '.join(missing)} "
+                    f"(they have: {', '.join(scores.domains)})",
+                    c.span(*(f"domains.{m}" for m in missing), "prune"),
+                )
+            ]
+        )
+    return c.weights
+
+
+def _scored(
+    c: Constraints, importance: Sequence[float], ranking: str, spacing_weight: float
+) -> Selection:
+    """Run the exact planner on `importance` and package the answer."""
+    values = tuple(float(v) for v in importance)
+    mean = sum(abs(v) for v in values) / len(values) if values else 0.0
+    lam = spacing_weight * (mean if mean > 0 else 1.0)
+    removed = solve_exact(
+        values,
+        c.budget,
+        forbidden=c.forbidden,
+        max_run=c.max_run,
+        min_gap=c.min_gap,
+        lam=lam,
+    )
+    if removed is None:
+        raise infeasible(c)
+    return _selection(c, removed, ranking, objective(values, removed, lam), values, spacing_weight)
+
+
+def _selection(
+    c: Constraints,
+    removed: Sequence[int],
+    ranking: str,
+    value: float,
+    importance: Sequence[float],
+    spacing_weight: float,
+) -> Selection:
+    gone = tuple(sorted(removed))
+    return Selection(
+        removed=gone,
+        kept=tuple(i for i in range(c.num_layers) if i not in set(gone)),
+        strategy=c.strategy,
+        ranking=ranking,
+        regime=c.regime,
+        objective=value,
+        importance=tuple(importance),
+        spacing_weight=spacing_weight,
+        num_layers=c.num_layers,
+    )
+
+
+@register("domain")
+def domain_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """The paper's domain-aware activation similarity: sum_d w_d (1 - mean cos_d)."""
+    s = _needs_scores(c, scores, "calibration scores")
+    return _scored(c, s.combined(_weights(c, s), c.tokens), "domain", c.spacing_weight or 0.0)
+
+
+@register("auto")
+def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """The domain ranking, with the spacing term weighted by regime (AUTO_SPACING)."""
+    s = _needs_scores(c, scores, "calibration scores")
+    weight = c.spacing_weight if c.spacing_weight is not None else AUTO_SPACING[c.regime]
+    return _scored(c, s.combined(_weights(c, s), c.tokens), "domain", weight)
+
+
+@register("bi")
+def block_influence_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """ShortGPT Block Influence: 1 - cos with all calibration tokens pooled."""
+    s = _needs_scores(c, scores, "calibration scores")
+    return _scored(c, s.pooled(c.tokens), "bi", c.spacing_weight or 0.0)
+
+
+@register("last")
+def last_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """Drop the deepest removable layers (the planner still honours every constraint)."""
+    n = c.num_layers
+    position = [(n - 1 - i) / n for i in range(n)]  # deeper = cheaper to remove
+    return _scored(c, position, "position", 0.0)
+
+
+@register("uniform")
+def uniform_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """Evenly spaced removals over the removable layers (midpoints of k equal slices)."""
+    candidates = [i for i in range(c.num_layers) if i not in c.forbidden]
+    step = len(candidates) / c.budget
+    removed = sorted({candidates[int((j + 0.5) * step)] for j in range(c.budget)})
+    if len(removed) != c.budget or not satisfies(
+        removed, c.num_layers, c.forbidden, c.max_run, c.min_gap
+    ):
+        raise infeasible(c, "evenly spaced removal breaks the spacing constraints here")
+    return _selection(c, removed, "uniform", 0.0, [0.0] * c.num_layers, 0.0)
+
+
+@register("angular")
+def angular_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """Gromov et al.: the contiguous block [l, l+n) minimising angular(h_l, h_{l+n}), last token."""
+    s = _needs_scores(c, scores, "pairwise angular distances from `prunec score`")
+    n = c.budget
+    if (c.max_run is not None and c.max_run < n) or (c.min_gap and n > 1):
+        raise infeasible(
+            c,
+            f"`angular` removes one contiguous block of {n} layers, which the "
+            "spacing constraints (max_run / min_gap) forbid",
+        )
+    try:
+        pairs = s.pair_angular()
+    except ValueError as err:
+        raise _missing_scores(c, f"pairwise angular distances ({err})") from err
+    starts = [
+        start
+        for start in range(c.num_layers - n + 1)
+        if not c.forbidden & set(range(start, start + n))
+    ]
+    if not starts:
+        raise infeasible(c, f"no block of {n} consecutive layers avoids the kept layers")
+    best = min(starts, key=lambda start: pairs[start][start + n])
+    per_layer = [pairs[i][i + 1] for i in range(c.num_layers)]
+    return _selection(c, range(best, best + n), "angular", pairs[best][best + n], per_layer, 0.0)
+
+
+@register("iterative")
+def iterative_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """SLEB-style: layers in the order ablation removed them (computed by `score`)."""
+    s = _needs_scores(c, scores, "an ablation order (computed by `score` for this strategy)")
+    order = [i for i in s.iterative_order if i not in c.forbidden]
+    if len(order) < c.budget:
+        raise _missing_scores(c, f"an ablation order of at least {c.budget} layers")
+    removed = sorted(order[: c.budget])
+    if not satisfies(removed, c.num_layers, c.forbidden, c.max_run, c.min_gap):
+        raise infeasible(c, "the ablation order breaks the spacing constraints here")
+    rank = [0.0] * c.num_layers
+    for position, layer in enumerate(s.iterative_order):
+        rank[layer] = (position + 1) / c.num_layers
+    return _selection(c, removed, "iterative", 0.0, rank, 0.0)
+
+
+@register("manual")
+def manual_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
+    """The spec's explicit `remove` list, checked against the constraints."""
+    removed = sorted(set(c.remove or ()))
+    if len(removed) != len(c.remove or ()):
+        raise SpecError(
+            [Diagnostic("E312", "`remove` lists a layer twice", c.span("prune.remove"))]
+        )
+    clash = sorted(set(removed) & c.forbidden)
+    if clash:
+        raise SpecError(
+            [
+                Diagnostic(
+                    "E313",
+                    f"`remove` names kept layers {clash}",
+                    c.span("prune.remove"),
+                    notes=(f"never removed: keep first/last and protect = {sorted(c.forbidden)}",),
+                )
+            ]
+        )
+    if not satisfies(removed, c.num_layers, c.forbidden, c.max_run, c.min_gap):
+        raise infeasible(c, f"`remove` {removed} breaks max_run / min_gap")
+    importance: Sequence[float] = [0.0] * c.num_layers
+    value = 0.0
+    if scores is not None:
+        importance = scores.combined(_weights(c, scores), c.tokens)
+        value = objective(importance, removed, 0.0)
+    return _selection(c, removed, "manual", value, importance, 0.0)

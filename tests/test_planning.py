@@ -1,0 +1,219 @@
+"""The exact planner against brute force, strategies, regimes and infeasibility messages."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunec.errors import Span, SpecError
+from prunec.plan.model import Budget, DomainSpec, ModelSpec, Plan, PruneSpec
+from prunec.planning import (
+    STRATEGY_REGISTRY,
+    Constraints,
+    Selection,
+    objective,
+    regime_for,
+    satisfies,
+    solve,
+    solve_exact,
+    spacing_penalty,
+)
+from prunec.scoring import DomainStats, LayerScores
+
+
+def brute_force(importance, budget, forbidden, max_run, min_gap, lam):
+    best = None
+    for chosen in itertools.combinations(range(len(importance)), budget):
+        if satisfies(chosen, len(importance), forbidden, max_run, min_gap):
+            value = objective(importance, chosen, lam)
+            if best is None or value < best:
+                best = value
+    return best
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(1, 11))
+    budget = draw(st.integers(0, n))
+    importance = draw(st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=n, max_size=n))
+    forbidden = draw(st.sets(st.integers(0, n - 1), max_size=3))
+    max_run = draw(st.one_of(st.none(), st.integers(1, 4)))
+    min_gap = draw(st.one_of(st.none(), st.integers(0, 3)))
+    lam = draw(st.sampled_from([0.0, 0.25, 1.0, 3.0]))
+    return importance, budget, forbidden, max_run, min_gap, lam
+
+
+@settings(max_examples=400, deadline=None)
+@given(instances())
+def test_exact_planner_matches_brute_force(instance):
+    importance, budget, forbidden, max_run, min_gap, lam = instance
+    got = solve_exact(
+        importance, budget, forbidden=forbidden, max_run=max_run, min_gap=min_gap, lam=lam
+    )
+    best = brute_force(importance, budget, forbidden, max_run, min_gap, lam)
+    if best is None:
+        assert got is None
+        return
+    assert got is not None and len(got) == budget
+    assert satisfies(got, len(importance), forbidden, max_run, min_gap)
+    assert objective(importance, got, lam) == pytest.approx(best, abs=1e-9)
+
+
+def test_spacing_penalty_counts_within_run_pairs():
+    assert spacing_penalty([]) == 0
+    assert spacing_penalty([1, 3, 5]) == 0
+    assert spacing_penalty([1, 2, 3]) == 3  # run of 3: 0 + 1 + 2
+    assert spacing_penalty([0, 1, 5, 6]) == 2
+
+
+def test_spacing_weight_spreads_removals():
+    importance = [0.5, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.5]
+    packed = solve_exact(importance, 4, lam=0.0)
+    spread = solve_exact(importance, 4, lam=1.0)
+    assert packed == (1, 2, 3, 4)
+    assert spread is not None and spacing_penalty(spread) < spacing_penalty(packed)
+
+
+def test_planner_128_layers_under_100ms():
+    importance = [((i * 37) % 101) / 101 for i in range(128)]
+    worst = 0.0
+    for budget in (1, 16, 32, 64, 96, 120):
+        start = time.perf_counter()
+        removed = solve_exact(importance, budget, forbidden={0, 127}, max_run=None, lam=1.0)
+        worst = max(worst, time.perf_counter() - start)
+        assert removed is not None and len(removed) == budget
+    assert worst < 0.1
+
+
+def scores_for(importances: dict[str, list[float]]) -> LayerScores:
+    return LayerScores.from_importance(importances)
+
+
+def test_regime_thresholds():
+    assert regime_for(2, 20) == "low"
+    assert regime_for(3, 20) == "low"
+    assert regime_for(5, 20) == "moderate"
+    assert regime_for(7, 20) == "moderate"
+    assert regime_for(8, 20) == "high"
+
+
+def test_domain_strategy_weights_domains():
+    math = [0.9, 0.1, 0.9, 0.9, 0.9, 0.9]
+    general = [0.9, 0.9, 0.9, 0.1, 0.9, 0.9]
+    scores = scores_for({"math": math, "general": general})
+    pick_math = solve(
+        Constraints(6, 1, strategy="domain", weights={"math": 0.9, "general": 0.1}), scores
+    )
+    pick_general = solve(
+        Constraints(6, 1, strategy="domain", weights={"math": 0.1, "general": 0.9}), scores
+    )
+    assert pick_math.removed == (1,) and pick_general.removed == (3,)
+    assert pick_math.kept == (0, 2, 3, 4, 5)
+    assert pick_math.regime == "moderate"
+
+
+def test_auto_weighs_spacing_by_regime():
+    importance = [0.9] + [0.1] * 8 + [0.9] * 7
+    scores = scores_for({"d": importance})
+    low = solve(Constraints(16, 2, strategy="auto"), scores)
+    high = solve(Constraints(16, 8, strategy="auto"), scores)
+    assert low.spacing_weight == 0.0 and high.spacing_weight > low.spacing_weight
+    assert high.regime == "high"
+    assert spacing_penalty(high.removed) == 0  # evenly spread at high budget
+
+
+def test_bi_pools_by_token_count():
+    a = DomainStats(cos_all=(0.5, 0.9, 0.9), tokens=900)
+    b = DomainStats(cos_all=(0.9, 0.9, 0.5), tokens=100)
+    scores = LayerScores(num_layers=3, domains={"a": a, "b": b})
+    assert solve(Constraints(3, 1, strategy="bi"), scores).removed == (1,)
+    pooled = scores.pooled()
+    assert pooled[0] == pytest.approx(0.9 * 0.5 + 0.1 * 0.1)
+
+
+def test_last_and_uniform_respect_constraints():
+    last = solve(Constraints(10, 3, strategy="last", keep_last=1), {}, 10)
+    assert last.removed == (6, 7, 8)
+    uniform = solve(Constraints(12, 3, strategy="uniform", keep_first=1, keep_last=1), {}, 12)
+    assert uniform.removed == (2, 6, 9)
+    capped = solve(Constraints(10, 4, strategy="last", keep_last=1, max_run=2), {}, 10)
+    assert satisfies(capped.removed, 10, {9}, 2, None) and len(capped.removed) == 4
+
+
+def test_angular_picks_least_distant_block():
+    n = 6
+    pairs = [[abs(i - j) * 0.2 for j in range(n + 1)] for i in range(n + 1)]
+    pairs[2][4] = pairs[4][2] = 0.01
+    stats = DomainStats(cos_all=(0.5,) * n, pair_angular_last=tuple(map(tuple, pairs)), samples=3)
+    scores = LayerScores(num_layers=n, domains={"d": stats})
+    assert solve(Constraints(n, 2, strategy="angular"), scores).removed == (2, 3)
+    with pytest.raises(SpecError, match="contiguous block"):
+        solve(Constraints(n, 2, strategy="angular", max_run=1), scores)
+
+
+def test_manual_checks_kept_layers():
+    sel = solve(Constraints(8, 2, strategy="manual", remove=(3, 5)), {}, 8)
+    assert sel.removed == (3, 5)
+    with pytest.raises(SpecError, match="kept layers"):
+        solve(Constraints(8, 1, strategy="manual", remove=(0,), keep_first=1), {}, 8)
+
+
+def test_unknown_strategy_lists_valid_ones():
+    with pytest.raises(SpecError) as err:
+        solve(Constraints(8, 2, strategy="greedy"), {"d": [0.1] * 8})
+    assert "unknown strategy" in str(err.value)
+    assert all(name in err.value.render() for name in STRATEGY_REGISTRY)
+
+
+def make_plan(**prune) -> Plan:
+    spans = {
+        "prune.budget": Span("x.prune", 12, 3, 12, 14),
+        "prune.max_run": Span("x.prune", 13, 3, 13, 12),
+    }
+    return Plan(
+        model=ModelSpec(source="tiny"),
+        domains=(DomainSpec(name="math", data="/m.jsonl", weight=3.0),),
+        prune=PruneSpec(**prune),
+        spans=spans,
+    )
+
+
+def test_infeasible_budget_points_at_span():
+    plan = make_plan(budget=Budget(layers=12), max_run=1)
+    with pytest.raises(SpecError) as err:
+        solve(plan, {"math": [0.1] * 20}, 20)
+    diag = err.value.diagnostics[0]
+    assert diag.message == "budget 12 with max_run 1 needs at least 23 layers; the model has 20"
+    assert diag.span is not None and diag.span.line == 13
+
+
+def test_all_problems_reported_at_once():
+    plan = make_plan(budget=Budget(layers=9), max_run=1, min_gap=None, protect=(40,), keep_first=6)
+    with pytest.raises(SpecError) as err:
+        solve(plan, {"math": [0.1] * 12}, 12)
+    messages = [d.message for d in err.value.diagnostics]
+    assert len(messages) == 3, messages
+    assert any("layer 40 does not exist" in m for m in messages)
+    assert any("only 6 of 12 layers may be removed" in m for m in messages)
+
+
+def test_budget_every_layer_is_an_error():
+    with pytest.raises(SpecError, match="removes every decoder layer"):
+        solve(make_plan(budget=Budget(layers=8)), {"math": [0.1] * 8}, 8)
+
+
+def test_plan_scores_domain_mismatch():
+    with pytest.raises(SpecError, match="no domain math"):
+        solve(make_plan(budget=Budget(layers=2)), {"general": [0.1] * 8}, 8)
+
+
+def test_selection_json_round_trip():
+    sel = solve(make_plan(budget=Budget(percent=25.0)), {"math": [i / 10 for i in range(8)]}, 8)
+    again = Selection.from_json(json.loads(json.dumps(sel.to_json())))
+    assert again == sel
+    assert sel.removed == (0, 2)  # moderate regime: auto spacing splits the run (0, 1)
