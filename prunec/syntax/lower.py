@@ -73,6 +73,8 @@ class _Lowerer:
         self.base_dir = base_dir
         self.diags: list[Diagnostic] = []
         self.spans: dict[str, Span] = {}
+        #: `protect`/`remove` -> the span of each accepted index, aligned with the values.
+        self.index_spans: dict[str, list[Span]] = {}
 
     # ---------------------------------------------------------------- helpers
 
@@ -229,6 +231,9 @@ class _Lowerer:
 
     def device(self, args: tuple[Tok, ...]) -> str | None:
         name = args[0]
+        if name.text == "gpu":
+            self.error("E209", "unknown device `gpu`", name.span, help="did you mean `cuda`?")
+            return None
         if name.text not in DEVICES:
             self.choice("E209", name, "device", (*DEVICES, "cuda:N"))
             return None
@@ -311,9 +316,9 @@ class _Lowerer:
             self.spans[f"prune.{key}"] = setting.span
             handler = self._PRUNE_HANDLERS[key]
             ok = handler(self, setting, values) and ok
-        if not ok:
-            return None
-        ok = self.prune_cross_checks(item, settings, values, domains)
+        # Cross-checks run even after a failed setting, so one run reports everything; a
+        # setting that failed is absent from `values` but present in `settings`.
+        ok = self.prune_cross_checks(item, settings, values, domains) and ok
         return PruneSpec(**values) if ok else None
 
     def _budget(self, setting: Setting, values: dict[str, Any]) -> bool:
@@ -392,6 +397,7 @@ class _Lowerer:
                 continue
             first_at[index] = tok.span
             out.append(index)
+            self.index_spans.setdefault(key, []).append(tok.span)
         values[key] = tuple(out)
         return ok
 
@@ -446,21 +452,21 @@ class _Lowerer:
         budget: Budget | None = values.get("budget")
         if remove is not None:
             self.check_remove(remove, settings, values, strategy, strategy_set, budget)
-        elif strategy == "manual":
+        elif strategy == "manual" and "remove" not in settings:
             self.error(
                 "E227",
                 "`strategy manual` needs a `remove` list",
                 settings["strategy"].args[0].span,
                 help="list the layers to remove, e.g. `remove 3, 4, 9`",
             )
-        if budget is None and remove is None:
+        if "budget" not in settings and "remove" not in settings:
             self.error(
                 "E223",
                 "`prune` has no `budget` and no `remove` list",
                 item.keyword.span,
                 help="add `budget 25%` or `budget 8 layers`",
             )
-        if strategy in CALIBRATED_STRATEGIES and not domains and not self.declares_domains():
+        if strategy in CALIBRATED_STRATEGIES and not self.declares_domains():
             span = settings["strategy"].args[0].span if strategy_set else item.keyword.span
             implicit = "" if strategy_set else " (the default)"
             self.error(
@@ -501,8 +507,7 @@ class _Lowerer:
             )
         protected = set(values.get("protect", ()))
         keep_first = values.get("keep_first") or 0
-        for position, index in enumerate(remove):
-            span = self.spans[f"prune.remove.{position}"]
+        for span, index in zip(self.index_spans.get("remove", []), remove, strict=True):
             if index in protected:
                 self.error("E218", f"layer {index} is both removed and protected", span)
             elif index < keep_first:
@@ -520,8 +525,7 @@ class _Lowerer:
         run = 1
         for prev, cur in itertools.pairwise(ordered):
             run = run + 1 if cur == prev + 1 else 1
-            position = remove.index(cur)
-            span = self.spans[f"prune.remove.{position}"]
+            span = self.index_spans["remove"][remove.index(cur)]
             if max_run is not None and run > max_run:
                 self.error(
                     "E230",
@@ -567,9 +571,10 @@ class _Lowerer:
         number, percent = rest[1], rest[2]
         data_tok = rest[4] if len(rest) > 4 else None
         ok = True
-        if name.text not in domains and not self.domain_declared(name.text):
-            guess = did_you_mean(name.text, domains)
-            known = ", ".join(f"`{d}`" for d in domains) or "none"
+        declared = self.declared_domains()
+        if name.text not in declared:
+            guess = did_you_mean(name.text, declared)
+            known = ", ".join(f"`{d}`" for d in declared) or "none"
             self.error(
                 "E212",
                 f"`verify` names an unknown domain `{name.text}`",
@@ -624,9 +629,10 @@ class _Lowerer:
             metric=metric,  # type: ignore[arg-type]  # checked against METRICS above
         )
 
-    def domain_declared(self, name: str) -> bool:
-        """A domain that was declared but failed its own checks: no second error for it."""
-        return any(i.rule == "domain" and i.head[1].text == name for i in self.spec.items)
+    def declared_domains(self) -> list[str]:
+        """Every domain name written, including domains that failed their own checks."""
+        names = [i.head[1].text for i in self.spec.items if i.rule == "domain"]
+        return list(dict.fromkeys(names))
 
     # ---------------------------------------------------------------- targets
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prunec.errors import Diagnostic, Span
@@ -126,7 +127,10 @@ def missing_file_warnings(plan: Plan) -> list[Diagnostic]:
     out: list[Diagnostic] = []
 
     def warn(code: str, what: str, path: Path, span: Span | None) -> None:
-        out.append(Diagnostic(code, f"{what} {path} does not exist yet", span, severity="warning"))
+        # Shown relative to the spec, as the user wrote it, not as an absolute path.
+        shown = os.path.relpath(path, plan.spec_path.parent) if plan.spec_path else str(path)
+        message = f"{what} `{shown}` does not exist yet"
+        out.append(Diagnostic(code, message, span, severity="warning"))
 
     if plan.model.local and not Path(plan.model.source).is_dir():
         warn("W302", "model directory", Path(plan.model.source), plan.span("model"))
