@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict
 
 DATA_DIR = Path(__file__).parent / "data"
 
+#: Per-layer lists transformers validates against the layer count for every model type
+#: (`PreTrainedConfig.validate_layer_type`); sliced whenever present with the full length.
+COMMON_LAYER_LISTS: tuple[str, ...] = ("layer_types", "mlp_layer_types")
+
 #: How a recomputed config field is derived. `count_kept_below`: the field is a layer-count
 #: threshold (Qwen2's `max_window_layers`: layers below it use full attention); the new value
 #: is the number of kept layers whose old index is below the old value.
@@ -109,7 +113,7 @@ def layer_field_updates(
     same config. Lists whose length is not `num_layers` are left alone (absent = unused).
     """
     updates: dict[str, Any] = {entry.num_layers_key: len(keep)}
-    for key in entry.layer_lists:
+    for key in dict.fromkeys((*entry.layer_lists, *COMMON_LAYER_LISTS)):
         old = values.get(key)
         if isinstance(old, list | tuple) and len(old) == num_layers:
             updates[key] = [old[i] for i in keep]

@@ -1,0 +1,135 @@
+"""Loading the model to prune (and its processor) from a local directory or a hub id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunec.errors import BuildError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunec.plan.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score and prune.
+
+    model: the transformers model, in eval mode, with the spec's dtype and device.
+    processor: AutoProcessor when the checkpoint has one (VLMs), else AutoTokenizer, else
+        None (no tokenizer files at all).
+    source_dir: the local checkpoint directory (a local path, or the hub cache snapshot when
+        it could be resolved); None when unknown. Emitters copy processor files from it.
+    num_layers: decoder layer count at load time (before any surgery).
+    """
+
+    model: nn.Module
+    processor: Any
+    source_dir: Path | None
+    num_layers: int
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_vlm(config: Any) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(
+        config, "vision_config"
+    )
+
+
+def _load_config(spec: ModelSpec) -> Any:
+    from transformers import AutoConfig
+
+    if spec.local and not Path(spec.source).is_dir():
+        raise BuildError(f"model directory not found: {spec.source}")
+    try:
+        return AutoConfig.from_pretrained(
+            spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        hint = "" if spec.local else " (is the hub reachable, or is it cached locally?)"
+        raise BuildError(
+            f"cannot load the config of `{spec.source}`{hint}: {_one_line(exc)}"
+        ) from exc
+
+
+def _load_weights(spec: ModelSpec, config: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if _is_vlm(config) else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {
+        "revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "dtype": "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype),
+    }
+    if spec.device == "auto":
+        kwargs["device_map"] = "auto"  # accelerate spreads layers over the devices present
+    try:
+        model = auto.from_pretrained(spec.source, config=config, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise BuildError(
+            f"cannot load `{spec.source}` as {auto.__name__} "
+            f"(model type `{config.model_type}`): {_one_line(exc)}"
+        ) from exc
+    if spec.device not in ("auto", "cpu"):
+        try:
+            model = model.to(spec.device)  # type: ignore[arg-type]
+        except (RuntimeError, AssertionError) as exc:
+            raise BuildError(f"cannot move the model to `{spec.device}`: {_one_line(exc)}") from exc
+    return model.eval()
+
+
+def load_processor(source: str, revision: str | None = None, trust: bool = False) -> Any:
+    """AutoProcessor when the checkpoint has one, else AutoTokenizer, else None."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust}
+    try:
+        return AutoProcessor.from_pretrained(source, **kwargs)
+    except Exception:
+        pass
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception:
+        return None
+
+
+def _source_dir(spec: ModelSpec) -> Path | None:
+    if spec.local:
+        return Path(spec.source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec.source, revision=spec.revision, local_files_only=True))
+    except Exception:
+        return None
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load `spec.source` (local dir or hub id) with its processor; BuildError on failure.
+
+    VLMs (configs with a vision part) load via AutoModelForImageTextToText, text LMs via
+    AutoModelForCausalLM. `trust_remote_code` is passed only as the spec says.
+    """
+    from prunec.arch.locate import locate_decoder
+
+    config = _load_config(spec)
+    model = _load_weights(spec, config)
+    stack = locate_decoder(model)
+    return LoadedModel(
+        model=model,
+        processor=load_processor(spec.source, spec.revision, spec.trust_remote_code),
+        source_dir=_source_dir(spec),
+        num_layers=len(stack.layers),
+    )
