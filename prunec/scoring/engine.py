@@ -1,0 +1,338 @@
+"""The scoring engine: hooks on the decoder stack, one forward pass per batch, running sums.
+
+For each batch (all from one domain) one forward pass scores every layer: a forward hook on
+each decoder layer sees the hidden state entering it (h_l) and leaving it (h_{l+1}) and adds
+masked per-token cosine and angular sums into per-layer totals; last-token states of every
+layer are kept only until the end of the batch, where they give the pairwise angular
+distances Gromov et al.'s block strategy needs for any block size. Nothing survives a batch
+but per-layer scalars and one (L+1)x(L+1) matrix per domain, so memory is flat in the number
+of samples. Per-batch statistics are reduced on each layer's own device in float32 and moved to
+CPU float64 totals, so layers spread over devices (accelerate device maps) just work.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prunec.data import Record, encode, read_records
+from prunec.errors import BuildError
+from prunec.plan.model import Plan
+from prunec.scoring.cache import (
+    SCORING_VERSION,
+    ScoreCache,
+    cache_key,
+    data_fingerprint,
+    model_fingerprint,
+    state_dict_fingerprint,
+)
+from prunec.scoring.scores import DomainStats, LayerScores
+
+if TYPE_CHECKING:
+    from prunec.arch.loading import LoadedModel
+
+
+class _Totals:
+    """Running float64 CPU sums for one domain."""
+
+    def __init__(self, num_layers: int):
+        self.cos_all = np.zeros(num_layers)
+        self.ang_all = np.zeros(num_layers)
+        self.cos_last = np.zeros(num_layers)
+        self.ang_last = np.zeros(num_layers)
+        self.pairs = np.zeros((num_layers + 1, num_layers + 1))
+        self.tokens = 0
+        self.samples = 0
+
+    def stats(self) -> DomainStats:
+        t, s = max(self.tokens, 1), max(self.samples, 1)
+        return DomainStats(
+            cos_all=tuple(float(v) for v in self.cos_all / t),
+            cos_last=tuple(float(v) for v in self.cos_last / s),
+            angular_all=tuple(float(v) for v in self.ang_all / t),
+            angular_last=tuple(float(v) for v in self.ang_last / s),
+            pair_angular_last=tuple(tuple(float(v) for v in row) for row in self.pairs / s),
+            tokens=self.tokens,
+            samples=self.samples,
+        )
+
+
+class LayerStatsCollector:
+    """Forward hooks that turn one forward pass into per-layer statistics for one batch."""
+
+    def __init__(self, layers: Sequence[torch.nn.Module]):
+        self.layers = list(layers)
+        self.mask: torch.Tensor | None = None
+        self._batch: list[tuple[torch.Tensor, ...] | None] = []
+        self._last_states: list[torch.Tensor | None] = []
+        self._handles: list[Any] = []
+
+    @contextmanager
+    def attached(self) -> Iterator[LayerStatsCollector]:
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._hook(index), with_kwargs=True))
+        try:
+            yield self
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+
+    def begin(self, attention_mask: torch.Tensor) -> None:
+        self.mask = attention_mask.to("cpu", torch.bool)
+        n = len(self.layers)
+        self._batch = [None] * n
+        self._last_states = [None] * (n + 1)
+
+    def _hook(self, index: int) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple | list) else output
+            self._observe(index, h_in.detach(), h_out.detach())
+
+        return hook
+
+    def _masks(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token mask [B, S] on h's device, last-token index [B]) for this hidden state."""
+        assert self.mask is not None
+        mask = self.mask
+        if mask.shape != h.shape[:2]:  # the model changed the sequence: score every position
+            mask = torch.ones(h.shape[:2], dtype=torch.bool)
+        positions = torch.arange(mask.shape[1]).expand_as(mask)
+        last = torch.where(mask, positions, -1).amax(dim=1).clamp(min=0)
+        return mask.to(h.device), last.to(h.device)
+
+    def _observe(self, index: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        mask, last = self._masks(h_in)
+        cos = F.cosine_similarity(h_in.float(), h_out.float(), dim=-1, eps=1e-8)
+        angle = torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
+        rows = torch.arange(cos.shape[0], device=cos.device)
+        weight = mask.float()
+        self._batch[index] = (
+            (cos * weight).sum(),
+            (angle * weight).sum(),
+            cos[rows, last].sum(),
+            angle[rows, last].sum(),
+        )
+        self._last_states[index] = h_in[rows, last].float()
+        if index == len(self.layers) - 1:
+            self._last_states[index + 1] = h_out[rows, last].float()
+
+    def end(self, totals: _Totals) -> None:
+        """Move this batch's per-layer sums to CPU and add them to `totals`."""
+        assert self.mask is not None
+        if any(entry is None for entry in self._batch):
+            raise BuildError("a decoder layer did not run in the forward pass; cannot score it")
+        sums = np.array([[float(v) for v in entry] for entry in self._batch if entry is not None])
+        totals.cos_all += sums[:, 0]
+        totals.ang_all += sums[:, 1]
+        totals.cos_last += sums[:, 2]
+        totals.ang_last += sums[:, 3]
+        states = torch.stack([s.to("cpu") for s in self._last_states if s is not None], dim=1)
+        unit = F.normalize(states.double(), dim=-1)  # [B, L+1, H]
+        cos = (unit @ unit.transpose(1, 2)).clamp(-1.0, 1.0)
+        totals.pairs += (torch.arccos(cos) / math.pi).sum(dim=0).numpy()
+        totals.tokens += int(self.mask.sum())
+        totals.samples += int(self.mask.shape[0])
+        self._batch, self._last_states = [], []
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One calibration batch: its domain, its records and the encoded model inputs."""
+
+    domain: str
+    records: tuple[Record, ...]
+    inputs: dict[str, torch.Tensor]
+
+
+def calibration_batches(
+    plan: Plan, processor: Any, records: dict[str, list[Record]]
+) -> Iterator[Batch]:
+    """Batches of `plan.prune.batch_size`, one domain and one modality (image / text) each."""
+    size = max(plan.prune.batch_size, 1)
+    for domain in plan.domains:
+        chunks = [r for r in records[domain.name] if r.image is not None]
+        texts = [r for r in records[domain.name] if r.image is None]
+        for group in (chunks, texts):
+            for start in range(0, len(group), size):
+                part = tuple(group[start : start + size])
+                yield Batch(domain.name, part, encode(processor, part, domain.max_length))
+
+
+def model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Inputs on the model's input device, floats in its dtype, without training-only keys."""
+    device = getattr(model, "device", torch.device("cpu"))
+    dtype = getattr(model, "dtype", torch.float32)
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if key in ("answer_mask", "labels"):
+            continue
+        value = value.to(device)
+        out[key] = value.to(dtype) if value.is_floating_point() else value
+    return out
+
+
+def forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """Extra forward arguments: no KV cache, and logits for one position only (cheaper)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    extra: dict[str, Any] = {"use_cache": False}
+    if "logits_to_keep" in params:
+        extra["logits_to_keep"] = 1
+    return extra
+
+
+def _progress(total: int) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
+
+    class SamplesPerSecond(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} samples/s" if speed else "- samples/s")
+
+    console = Console(file=sys.stderr)
+    return Progress(
+        TextColumn("[bold]scoring[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        SamplesPerSecond(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def collect_scores(
+    model: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
+    batches: Iterator[Batch],
+    domains: Sequence[str],
+    total_samples: int,
+) -> dict[str, DomainStats]:
+    """Run every batch once through `model` with hooks on `layers`; per-domain statistics."""
+    totals = {name: _Totals(len(layers)) for name in domains}
+    collector = LayerStatsCollector(layers)
+    extra = forward_kwargs(model)
+    with _progress(total_samples) as progress, collector.attached(), torch.inference_mode():
+        task = progress.add_task("", total=total_samples)
+        for batch in batches:
+            progress.update(task, description=batch.domain)
+            collector.begin(batch.inputs["attention_mask"])
+            model(**model_inputs(model, batch.inputs), **extra)
+            collector.end(totals[batch.domain])
+            progress.advance(task, len(batch.records))
+    return {name: totals[name].stats() for name in domains}
+
+
+def _model_fp(plan: Plan, loaded: LoadedModel | None, memo: Path) -> str | None:
+    source = loaded.source_dir if loaded is not None else None
+    if source is None and plan.model.local:
+        source = Path(plan.model.source)
+    if source is not None and Path(source).is_dir():
+        return model_fingerprint(Path(source), memo)
+    return state_dict_fingerprint(loaded.model) if loaded is not None else None
+
+
+def scorer_settings(plan: Plan) -> dict[str, Any]:
+    """What besides model and data changes the scores: dtype, and for `iterative` the ablation
+    depth (its order is computed only as far as the budget). Batch size is left out on
+    purpose: padding is masked, so it changes the statistics only by float rounding (tested).
+    """
+    settings: dict[str, Any] = {"dtype": plan.model.dtype}
+    if plan.prune.strategy == "iterative" and plan.prune.budget is not None:
+        settings["iterative_budget"] = plan.prune.budget.model_dump()
+    return settings
+
+
+def score(
+    plan: Plan, loaded: LoadedModel | None = None, *, cache_dir: Path | None = None
+) -> LayerScores:
+    """Per-layer, per-domain statistics for `plan`'s calibration data; cached by content.
+
+    loaded: the model (from `prunec.arch.loading.load_model`); loaded from `plan.model` only
+    when the cache has no entry. cache_dir: default `$PRUNEC_CACHE_DIR` or `~/.cache/prunec`.
+    Data problems raise SpecError before any model work; scoring failures raise BuildError.
+    """
+    if not plan.domains:
+        raise BuildError("scoring needs at least one calibration domain")
+    cache = ScoreCache(cache_dir)
+    records = {d.name: read_records(d.data, d.samples, d.seed) for d in plan.domains}
+    fingerprints = {
+        f"data.{d.name}": data_fingerprint(
+            d.data,
+            [r.image for r in records[d.name] if r.image is not None],
+            {"samples": d.samples, "seed": d.seed, "max_length": d.max_length},
+            cache.directory,
+        )
+        for d in plan.domains
+    }
+    fingerprints["settings"] = cache_key(scorer_settings(plan))
+    fingerprints["code"] = SCORING_VERSION
+    model_fp = _model_fp(plan, loaded, cache.directory)
+    if model_fp is not None:
+        fingerprints["model"] = model_fp
+        hit = cache.get(cache_key(fingerprints))
+        if hit is not None:
+            return hit
+    if loaded is None:
+        from prunec.arch.loading import load_model
+
+        loaded = load_model(plan.model)
+        if model_fp is None:
+            fingerprints["model"] = _model_fp(plan, loaded, cache.directory) or ""
+            hit = cache.get(cache_key(fingerprints))
+            if hit is not None:
+                return hit
+    scores = compute_scores(plan, loaded, records, fingerprints)
+    cache.put(cache_key(fingerprints), scores)
+    return scores
+
+
+def compute_scores(
+    plan: Plan,
+    loaded: LoadedModel,
+    records: dict[str, list[Record]],
+    fingerprints: dict[str, str],
+) -> LayerScores:
+    """Run the calibration forward passes (no cache)."""
+    from prunec.arch import locate_decoder
+
+    layers = locate_decoder(loaded.model).layers
+    if loaded.processor is None:
+        raise BuildError(f"{plan.model.source} has no tokenizer or processor to encode data with")
+    total = sum(len(v) for v in records.values())
+    stats = collect_scores(
+        loaded.model,
+        list(layers),
+        calibration_batches(plan, loaded.processor, records),
+        [d.name for d in plan.domains],
+        total,
+    )
+    order: tuple[int, ...] = ()
+    if plan.prune.strategy == "iterative":
+        from prunec.scoring.iterative import ablation_order
+
+        order = ablation_order(plan, loaded, records)
+    return LayerScores(
+        num_layers=len(layers), domains=stats, fingerprints=fingerprints, iterative_order=order
+    )
