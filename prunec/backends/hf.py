@@ -87,17 +87,17 @@ def emit_hf(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layer_map = _layer_map(loaded, removed)
-    model: Any = loaded.model
     cases = [dict(c) for c in (sample_inputs or default_inputs(loaded))]
-    references = [_reference_logits(model, c) for c in cases] if self_check else []
-    _save_weights(model, out_dir)
+    # Reference logits come from the pruned model in memory, before anything is written.
+    job = prepare_self_check(loaded, out_dir, cases) if self_check else None
+    _save_weights(loaded.model, out_dir)
     _copy_processor(loaded, out_dir)
     (out_dir / "README.md").write_text(
         model_card(source or str(loaded.source_dir or ""), spec_text, layer_map, loaded, scores)
     )
     diff, generate_ok = 0.0, False
-    if self_check:
-        diff, generate_ok = _self_check(loaded, out_dir, cases, references)
+    if job is not None:
+        [(diff, generate_ok)] = run_self_checks([job])
     files = _write_manifest(out_dir, source, removed, layer_map)
     return HFReport(
         files=files,
@@ -314,31 +314,35 @@ def _tolerance(model: Any, reference: Any) -> float:
     return (3e-2 if half else 1e-4) * scale
 
 
-def _run_fresh(out_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    import torch
+@dataclass(frozen=True)
+class SelfCheckJob:
+    """One checkpoint to verify in the fresh process, with what it must reproduce.
 
-    with tempfile.TemporaryDirectory(prefix="prunec-selfcheck-") as tmp:
-        payload_path, result_path = Path(tmp) / "payload.pt", Path(tmp) / "result.json"
-        torch.save(payload, payload_path)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-        cmd = [sys.executable, "-I", str(SELF_CHECK_SCRIPT), str(out_dir), str(payload_path)]
-        proc = subprocess.run(
-            [*cmd, str(result_path)], capture_output=True, text=True, env=env, timeout=3600
-        )
-        if proc.returncode != 0 or not result_path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise BuildError(
-                "self-check failed: the emitted checkpoint does not load with plain "
-                "transformers in a fresh process: " + " | ".join(tail)
-            )
-        result: dict[str, Any] = json.loads(result_path.read_text())
-        return result
+    out_dir: the emitted checkpoint. payload: what the fresh process needs (inputs,
+    reference logits, model class). expected_config: dotted config key -> expected value.
+    tolerances: allowed max |logit| difference per input case.
+    """
+
+    out_dir: Path
+    payload: dict[str, Any]
+    expected_config: dict[str, Any]
+    tolerances: tuple[float, ...]
 
 
-def _self_check(
-    loaded: LoadedModel, out_dir: Path, cases: list[dict[str, Any]], references: list[Any]
-) -> tuple[float, bool]:
+def prepare_self_check(
+    loaded: LoadedModel,
+    out_dir: Path,
+    cases: Sequence[Mapping[str, Any]],
+    references: Sequence[Any] | None = None,
+) -> SelfCheckJob:
+    """Package a self-check job for `cases`.
+
+    references: expected logits per case (e.g. the original model run under `skip_layers`);
+    by default computed now from the pruned model in memory.
+    """
     model: Any = loaded.model
+    if references is None:
+        references = [_reference_logits(model, c) for c in cases]
     expected_config = _expected_config(loaded)
     payload = {
         "class_name": type(model).__name__,
@@ -350,21 +354,53 @@ def _self_check(
             for c, r in zip(cases, references, strict=True)
         ],
     }
-    result = _run_fresh(out_dir, payload)
-    problems = _problems(result, expected_config)
-    diffs = result["diffs"]
-    for i, (diff, ref) in enumerate(zip(diffs, references, strict=True)):
-        tol = _tolerance(model, ref)
-        if not diff <= tol:
-            problems.append(
-                f"input {i}: reloaded logits differ by {diff:.3g} (tolerance {tol:.3g})"
+    tolerances = tuple(_tolerance(model, r) for r in references)
+    return SelfCheckJob(Path(out_dir), payload, expected_config, tolerances)
+
+
+def run_self_checks(jobs: Sequence[SelfCheckJob]) -> list[tuple[float, bool]]:
+    """Check every job in ONE fresh Python process that imports transformers, never prunec.
+
+    Returns (max |logit diff|, generate ok) per job; BuildError naming every problem of
+    every failing checkpoint otherwise.
+    """
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="prunec-selfcheck-") as tmp:
+        triples = []
+        for i, job in enumerate(jobs):
+            payload_path, result_path = Path(tmp) / f"payload{i}.pt", Path(tmp) / f"result{i}.json"
+            torch.save(job.payload, payload_path)
+            triples.append([str(job.out_dir), str(payload_path), str(result_path)])
+        jobs_file = Path(tmp) / "jobs.json"
+        jobs_file.write_text(json.dumps(triples))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        cmd = [sys.executable, "-I", str(SELF_CHECK_SCRIPT), str(jobs_file)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        results = [json.loads(Path(t[2]).read_text()) for t in triples if Path(t[2]).exists()]
+        if proc.returncode != 0 or len(results) != len(jobs):
+            failed = jobs[len(results)].out_dir if len(results) < len(jobs) else "?"
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise BuildError(
+                f"self-check failed: the emitted checkpoint {failed} does not load with plain "
+                "transformers in a fresh process: " + " | ".join(tail)
             )
-    generate_ok = all(len(g) > 0 for g in result["generated"])
-    if not generate_ok:
-        problems.append("generate with KV cache produced no tokens after reload")
+    outcomes, problems = [], []
+    for job, result in zip(jobs, results, strict=True):
+        found = _problems(result, job.expected_config)
+        for i, (diff, tol) in enumerate(zip(result["diffs"], job.tolerances, strict=True)):
+            if not diff <= tol:
+                found.append(
+                    f"input {i}: reloaded logits differ by {diff:.3g} (tolerance {tol:.3g})"
+                )
+        generate_ok = all(len(g) > 0 for g in result["generated"])
+        if not generate_ok:
+            found.append("generate with KV cache produced no tokens after reload")
+        problems += [f"{job.out_dir.name}: {p}" for p in found]
+        outcomes.append((max(result["diffs"], default=0.0), generate_ok))
     if problems:
         raise BuildError("self-check failed: " + "; ".join(problems))
-    return max(diffs, default=0.0), generate_ok
+    return outcomes
 
 
 def _problems(result: Mapping[str, Any], expected_config: Mapping[str, Any]) -> list[str]:

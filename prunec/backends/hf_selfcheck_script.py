@@ -1,9 +1,10 @@
 """Fresh-process check of an emitted HF checkpoint, using plain transformers only.
 
-Run as a script (`python -I hf_selfcheck_script.py CHECKPOINT PAYLOAD RESULT`); it must never
-import prunec, so the checkpoint is proven loadable by anyone. PAYLOAD is a torch file with
-`cases` (a list of {"inputs": dict, "logits": tensor}), `class_name`, `num_layers`,
-`layer_counts` ({dotted config key: expected}) and `trust_remote_code`. RESULT receives JSON.
+Run as a script (`python -I hf_selfcheck_script.py JOBS`); it must never import prunec, so
+the checkpoint is proven loadable by anyone. JOBS is a JSON list of [CHECKPOINT, PAYLOAD,
+RESULT] triples, checked in one process (transformers is imported once). PAYLOAD is a torch
+file with `cases` (a list of {"inputs": dict, "logits": tensor}), `class_name`, `is_vlm`,
+`trust` and `layer_counts` (dotted config keys to report). RESULT receives JSON.
 """
 
 import json
@@ -62,4 +63,6 @@ def main(checkpoint, payload_path, result_path):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    with open(sys.argv[1]) as jobs:
+        for checkpoint, payload_path, result_path in json.load(jobs):
+            main(checkpoint, payload_path, result_path)
