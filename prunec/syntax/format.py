@@ -24,6 +24,9 @@ class _Unit:
     trailing: Comment | None = None
     #: True: always a blank line before; False: never; None: keep the source's choice.
     blank: bool | None = None
+    #: For a `target` line, its kind and the text after the kind, so that adjacent target
+    #: lines can align their paths once it is known where blank lines fall.
+    target: tuple[str, str] | None = None
 
 
 def format_text(text: str, filename: str = "<string>") -> str:
@@ -37,7 +40,9 @@ def format_text(text: str, filename: str = "<string>") -> str:
     spec = parse_tree(text, filename)
     units = _units(spec)
     tail = _attach(units, list(spec.comments))
-    return _render(units, tail, text.splitlines())
+    lines = text.splitlines()
+    _align_targets(units, lines)
+    return _render(units, tail, lines)
 
 
 # ------------------------------------------------------------------ statements -> units
@@ -78,7 +83,6 @@ def _units(spec: SpecFile) -> list[_Unit]:
     units: list[_Unit] = []
     comments = list(spec.comments)
     previous_block = False
-    kind_width = _target_kind_widths(spec)
     for index, item in enumerate(spec.items):
         body = item.body or ()
         inline = item.rule == "target" or (item.rule == "model" and not body)
@@ -87,13 +91,12 @@ def _units(spec: SpecFile) -> list[_Unit]:
         if index and (previous_block or not inline):
             blank = True
         head = _join_tokens(item.head)
-        if item.rule == "target":
-            kind = item.head[1].text.ljust(kind_width.get(index, 0))
-            head = f"target {kind} {item.head[2].text}"
         if inline:
             text = head + (f" {{ {_inline_options(body)} }}" if body else "")
             units.append(_unit(item.span.line, item.span.col, item.span.end_line, text, ""))
             units[-1].blank = blank
+            if item.rule == "target":
+                units[-1].target = (item.head[1].text, text[len(head) - len(item.head[2].text) :])
         else:
             units.append(_unit(item.span.line, item.span.col, item.span.line, head + " {", ""))
             units[-1].blank = blank
@@ -105,27 +108,37 @@ def _units(spec: SpecFile) -> list[_Unit]:
     return units
 
 
-def _target_kind_widths(spec: SpecFile) -> dict[int, int]:
-    """Consecutive `target` lines align their paths: item index -> width of the kind column."""
-    widths: dict[int, int] = {}
-    run: list[int] = []
-    lines = spec.text.splitlines()
+def _blank_before(unit: _Unit, lines: list[str]) -> bool:
+    """Whether the output has a blank line before `unit` or its leading comments."""
+    checks = [comment.line for comment in unit.leading] + [unit.line]
+    first_rule = unit.blank
+    if first_rule is True:
+        return True
+    return any(
+        _source_blank_above(lines, line)
+        for position, line in enumerate(checks)
+        if not (position == 0 and first_rule is False)
+    )
 
-    def flush() -> None:
-        width = max((len(spec.items[i].head[1].text) for i in run), default=0)
-        widths.update(dict.fromkeys(run, width))
-        run.clear()
 
-    for index, item in enumerate(spec.items):
-        if item.rule != "target":
-            flush()
+def _align_targets(units: list[_Unit], lines: list[str]) -> None:
+    """Adjacent one-line `target`s (no blank line between) align their paths in a column."""
+    groups: list[list[_Unit]] = []
+    previous: _Unit | None = None
+    for unit in units:
+        if unit.target is None:
+            previous = None
             continue
-        above = lines[item.span.line - 2] if item.span.line >= 2 else ""
-        if run and not above.strip():
-            flush()
-        run.append(index)
-    flush()
-    return widths
+        if previous is None or _blank_before(unit, lines):
+            groups.append([])
+        groups[-1].append(unit)
+        previous = unit
+    for group in groups:
+        width = max(len(u.target[0]) for u in group if u.target is not None)
+        for unit in group:
+            assert unit.target is not None
+            kind, rest = unit.target
+            unit.text = f"target {kind.ljust(width)} {rest}"
 
 
 def _body_units(body: tuple[Setting, ...]) -> list[_Unit]:
