@@ -1,0 +1,151 @@
+"""Calibration/eval JSONL reading (every bad line reported) and encoding through processors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunec.data import encode, prompt_inputs, read_records
+from prunec.errors import BuildError, SpecError
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    from tiny_models import sample_image
+
+    (tmp_path / "img").mkdir()
+    sample_image(32, seed=1).save(tmp_path / "img" / "1.png")
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    return tmp_path
+
+
+def test_reads_records_relative_images(images):
+    path = write(
+        images / "d.jsonl",
+        [
+            json.dumps({"image": "img/1.png", "text": "how many dots", "answer": "two"}),
+            "",
+            json.dumps({"text": "two plus three"}),
+        ],
+    )
+    records = read_records(path)
+    assert [r.line for r in records] == [1, 3]
+    assert records[0].image == (images / "img" / "1.png").resolve()
+    assert records[0].answer == "two" and records[1].image is None and records[1].answer is None
+
+
+def test_every_bad_line_is_reported(images):
+    path = write(
+        images / "bad.jsonl",
+        [
+            "{not json",
+            json.dumps({"image": "img/1.png"}),
+            json.dumps({"text": "ok", "colour": "red"}),
+            json.dumps(["a list"]),
+            json.dumps({"text": "fine"}),
+        ],
+    )
+    with pytest.raises(SpecError) as err:
+        read_records(path)
+    lines = [d.span.line for d in err.value.diagnostics if d.span]
+    assert lines == [1, 2, 3, 4]
+    rendered = err.value.render()
+    assert f"{path}:2:1" in rendered and "unknown field 'colour'" in rendered
+
+
+def test_missing_and_unreadable_images(images):
+    path = write(
+        images / "img.jsonl",
+        [
+            json.dumps({"image": "img/nope.png", "text": "a"}),
+            json.dumps({"image": "img/broken.png", "text": "b"}),
+        ],
+    )
+    with pytest.raises(SpecError) as err:
+        read_records(path)
+    messages = [d.message for d in err.value.diagnostics]
+    assert "image not found" in messages[0] and "unreadable image" in messages[1]
+
+
+def test_empty_file_and_too_few_samples(tmp_path):
+    with pytest.raises(SpecError, match="has no records"):
+        read_records(write(tmp_path / "empty.jsonl", ["", "  "]))
+    path = write(tmp_path / "two.jsonl", [json.dumps({"text": t}) for t in ("a", "b")])
+    with pytest.raises(SpecError, match="3 samples requested"):
+        read_records(path, samples=3)
+    with pytest.raises(SpecError, match="cannot read"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_sampling_is_deterministic_and_ordered(tmp_path):
+    path = write(tmp_path / "many.jsonl", [json.dumps({"text": f"w{i}"}) for i in range(40)])
+    first = read_records(path, samples=10, seed=3)
+    assert first == read_records(path, samples=10, seed=3)
+    assert [r.line for r in first] == sorted(r.line for r in first)
+    assert first != read_records(path, samples=10, seed=4)
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_model):
+    from tiny_models import load_processor
+
+    return load_processor("llava", tiny_model("llava", num_layers=2))
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_model):
+    from tiny_models import load_processor
+
+    return load_processor("llama", tiny_model("llama", num_layers=2))
+
+
+def test_encode_text_with_answer_mask(llama_tokenizer, tmp_path):
+    path = write(
+        tmp_path / "t.jsonl",
+        [
+            json.dumps({"text": "two plus three equals", "answer": "five"}),
+            json.dumps({"text": "what is the red circle in this picture", "answer": "a square"}),
+        ],
+    )
+    records = read_records(path)
+    batch = encode(llama_tokenizer, records, 64, with_answer=True)
+    mask, answer = batch["attention_mask"], batch["answer_mask"]
+    assert batch["input_ids"].shape == mask.shape == answer.shape
+    assert mask[0].sum() < mask[1].sum() and mask[0, -1] == 0  # right padding
+    assert bool((answer <= mask).all())
+    tokens = llama_tokenizer.convert_ids_to_tokens(batch["input_ids"][1][answer[1].bool()])
+    assert tokens[:2] == ["a", "square"]
+    prompt = prompt_inputs(llama_tokenizer, records[0], 64)
+    assert prompt["input_ids"].shape[0] == 1
+    tail = llama_tokenizer.convert_ids_to_tokens(prompt["input_ids"][0][-2:])
+    assert tail == ["assistant", ":"]  # ends with the generation prompt
+
+
+def test_encode_truncates_and_guards_image_tokens(llava, images):
+    path = write(images / "v.jsonl", [json.dumps({"image": "img/1.png", "text": "how many dots"})])
+    records = read_records(path)
+    full = encode(llava, records, 512)
+    assert full["pixel_values"].shape[0] == 1
+    length = full["input_ids"].shape[1]
+    cut = encode(llava, records, length - 1)
+    assert cut["input_ids"].shape[1] == length - 1 and torch.equal(
+        cut["input_ids"], full["input_ids"][:, :-1]
+    )
+    with pytest.raises(BuildError, match="cuts through the image tokens"):
+        encode(llava, records, 5)
+    with pytest.raises(BuildError, match="over max_length"):
+        prompt_inputs(llava, records[0], 5)
+
+
+def test_image_record_for_text_model_is_an_error(llama_tokenizer, images):
+    path = write(images / "v.jsonl", [json.dumps({"image": "img/1.png", "text": "a"})])
+    with pytest.raises(BuildError, match="text only"):
+        encode(llama_tokenizer, read_records(path), 64)
