@@ -1,0 +1,180 @@
+"""The lockfile `NAME.prune.lock`: what a build was made from and what it chose.
+
+Stable, sorted, diff-friendly JSON (one value per line). `prunec build --locked` compares the
+current inputs with the lock and fails with a LockError listing everything that changed.
+What is compared: the spec's meaning (formatting and comments do not count), the model and
+calibration data fingerprints, and the selected layers. Versions are recorded, not compared:
+a newer torch that picks the same layers is not a different build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunec.errors import LockError
+from prunec.plan.model import Plan
+
+if TYPE_CHECKING:
+    from prunec.arch.loading import LoadedModel
+    from prunec.planning import Selection
+    from prunec.scoring import LayerScores
+
+LOCK_VERSION = 1
+
+
+def lock_path_for(plan: Plan) -> Path:
+    """`NAME.prune.lock` beside the spec (`./spec.prune.lock` for a spec without a file)."""
+    if plan.spec_path is None:
+        return Path.cwd() / "spec.prune.lock"
+    return plan.spec_path.with_name(plan.spec_path.name + ".lock")
+
+
+def spec_fingerprint(plan: Plan) -> str:
+    """Digest of what the spec means: the validated plan without its text, path and spans."""
+    meaning = plan.model_dump(mode="json", exclude={"spec_text", "spec_path"})
+    text = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _model_fingerprint(loaded: LoadedModel | None, scores: LayerScores | None) -> str:
+    if scores is not None and scores.fingerprints.get("model"):
+        return scores.fingerprints["model"]
+    if loaded is None:
+        return ""
+    from prunec.scoring.cache import default_cache_dir, model_fingerprint, state_dict_fingerprint
+
+    if loaded.source_dir is not None and Path(loaded.source_dir).is_dir():
+        return model_fingerprint(Path(loaded.source_dir), default_cache_dir())
+    return state_dict_fingerprint(loaded.model)
+
+
+def lock_data(
+    plan: Plan,
+    loaded: LoadedModel | None,
+    scores: LayerScores | None,
+    selection: Selection,
+) -> dict[str, Any]:
+    """The lockfile's content as a dict (see the module docstring)."""
+    from prunec import __version__
+
+    data_fps = {
+        key.removeprefix("data."): value
+        for key, value in (scores.fingerprints.items() if scores is not None else [])
+        if key.startswith("data.")
+    }
+    return {
+        "lock_version": LOCK_VERSION,
+        "inputs": {
+            "spec": spec_fingerprint(plan),
+            "model": _model_fingerprint(loaded, scores),
+            "data": data_fps,
+            "scoring": {
+                k: v
+                for k, v in (scores.fingerprints.items() if scores else [])
+                if k in ("settings", "code")
+            },
+        },
+        "scores": (
+            {name: list(scores.importance(name)) for name in scores.domains}
+            if scores is not None
+            else {}
+        ),
+        "selection": {
+            "removed": list(selection.removed),
+            "kept": list(selection.kept),
+            "strategy": selection.strategy,
+            "ranking": selection.ranking,
+            "regime": selection.regime,
+            "objective": selection.objective,
+            "spacing_weight": selection.spacing_weight,
+            "num_layers": selection.num_layers,
+        },
+        "versions": {
+            "prunec": __version__,
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+        },
+    }
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Canonical lockfile text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def write_lock(
+    path: Path,
+    plan: Plan,
+    loaded: LoadedModel | None,
+    scores: LayerScores | None,
+    selection: Selection,
+) -> Path:
+    """Write the lockfile atomically; returns its path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(dumps(lock_data(plan, loaded, scores, selection)))
+    os.replace(tmp, path)
+    return path
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    """The lockfile as a dict; LockError when it is missing or not a prunec lockfile."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise LockError(f"{path} does not exist; build once without --locked to create it") from err
+    except (OSError, ValueError) as err:
+        raise LockError(f"{path} is not a readable lockfile: {err}") from err
+    if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION:
+        raise LockError(f"{path} is not a version {LOCK_VERSION} prunec lockfile")
+    return data
+
+
+def lock_differences(locked: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences in the compared parts (inputs and selected layers)."""
+    changes: list[str] = []
+    was, now = locked.get("inputs", {}), current["inputs"]
+    for key, label in (("spec", "the spec"), ("model", "the model weights or config")):
+        if was.get(key) != now[key]:
+            changes.append(f"{label} changed")
+    old_data, new_data = was.get("data", {}), now["data"]
+    for name in sorted(set(old_data) | set(new_data)):
+        if name not in new_data:
+            changes.append(f"calibration domain `{name}` is no longer used")
+        elif name not in old_data:
+            changes.append(f"calibration domain `{name}` is new")
+        elif old_data[name] != new_data[name]:
+            changes.append(f"calibration data of `{name}` changed")
+    if was.get("scoring", {}) != now["scoring"]:
+        changes.append("scorer settings or scoring code version changed")
+    old_removed = locked.get("selection", {}).get("removed")
+    new_removed = current["selection"]["removed"]
+    if old_removed != new_removed:
+        changes.append(f"selected layers changed: {old_removed} -> {new_removed}")
+    return changes
+
+
+def check_lock(
+    path: Path,
+    plan: Plan,
+    loaded: LoadedModel | None,
+    scores: LayerScores | None,
+    selection: Selection,
+) -> None:
+    """Raise LockError listing what differs between the lockfile and the current inputs."""
+    changes = lock_differences(read_lock(path), lock_data(plan, loaded, scores, selection))
+    if changes:
+        listing = "\n".join(f"  - {c}" for c in changes)
+        raise LockError(f"inputs no longer match {path}:\n{listing}")
