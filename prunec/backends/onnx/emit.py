@@ -240,7 +240,7 @@ def emit_onnx(
             )
             int8_top1 = min(int8_top1, top1_agreement(logits, ref, sample.attention_mask))
     gen = OnnxGenerator(out_dir, threads=1)
-    agreement = greedy_agreement(model, gen, samples[-1], GREEDY_TOKENS)
+    agreement = greedy_agreement(model, gen, samples[0], GREEDY_TOKENS)
     manifest = Manifest.read(out_dir)
     return OnnxReport(
         graphs=manifest.graphs,

@@ -97,13 +97,26 @@ def top1_agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((a.argmax(-1)[keep] == b.argmax(-1)[keep]).mean())
 
 
+def _longest_row(sample: Sample) -> int:
+    return int(sample.attention_mask.sum(axis=1).argmax())
+
+
+def _row_pixels(sample: Sample, index: int) -> np.ndarray | None:
+    # batched image samples carry one image per row (what processors produce for a batch)
+    if sample.pixel_values is None or sample.input_ids.shape[0] == 1:
+        return sample.pixel_values
+    return sample.pixel_values[index : index + 1]
+
+
 def torch_greedy(model: nn.Module, sample: Sample, max_new_tokens: int) -> list[int]:
-    """PyTorch's greedy tokens for the first row of `sample` (padding stripped)."""
-    row = sample.attention_mask[0].astype(bool)
-    ids = torch.from_numpy(sample.input_ids[:1, row])
+    """PyTorch's greedy tokens for the longest row of `sample` (padding stripped)."""
+    index = _longest_row(sample)
+    row = sample.attention_mask[index].astype(bool)
+    ids = torch.from_numpy(sample.input_ids[index : index + 1, row])
     kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids)}
-    if sample.pixel_values is not None:
-        kwargs["pixel_values"] = torch.from_numpy(sample.pixel_values[:1])
+    pixels = _row_pixels(sample, index)
+    if pixels is not None:
+        kwargs["pixel_values"] = torch.from_numpy(pixels)
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]
             ids, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
@@ -116,8 +129,10 @@ def greedy_agreement(
 ) -> float:
     """Fraction of torch's greedy tokens the runner reproduces, position by position."""
     expected = torch_greedy(model, sample, max_new_tokens)
-    row = sample.attention_mask[0].astype(bool)
-    pixels = None if sample.pixel_values is None else sample.pixel_values[:1]
-    got = gen.generate(sample.input_ids[0, row], pixels, max_new_tokens=len(expected)).tokens
+    index = _longest_row(sample)
+    row = sample.attention_mask[index].astype(bool)
+    got = gen.generate(
+        sample.input_ids[index, row], _row_pixels(sample, index), max_new_tokens=len(expected)
+    ).tokens
     same = sum(a == b for a, b in zip(expected, got, strict=False))
     return same / max(len(expected), 1)
