@@ -1,0 +1,121 @@
+"""HF checkpoint emission: every covered architecture reloads in a fresh process without prunec
+and reproduces the original model run with the same layers skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import TINY_TYPES, VLM_TYPES, load_processor, sample_inputs
+
+from prunec.arch import remove_layers, skip_layers
+from prunec.arch.loading import load_model
+from prunec.backends.atomic import atomic_directory, staging_directory
+from prunec.backends.hf import MANIFEST, emit_hf, prepare_self_check, run_self_checks
+from prunec.errors import BuildError
+from prunec.plan.model import ModelSpec
+
+REMOVE = [1, 4]  # Qwen3-VL: drops deepstack feature 1, keeps 0 and 2
+KEPT = [0, 2, 3, 5]
+
+
+def _load(path: Path):
+    return load_model(ModelSpec(source=str(path), local=True))
+
+
+def _text_section(config: dict) -> dict:
+    return config.get("text_config", config)
+
+
+def test_every_architecture_round_trips(tiny_model, tmp_path: Path) -> None:
+    jobs = []
+    for model_type in TINY_TYPES:
+        path = tiny_model(model_type)
+        loaded = _load(path)
+        processor = load_processor(model_type, path)
+        images = (True, False) if model_type in VLM_TYPES else (False,)
+        cases = [sample_inputs(model_type, processor, with_image=w) for w in images]
+        with torch.no_grad(), skip_layers(loaded.model, REMOVE):
+            references = [loaded.model(**c).logits.float() for c in cases]
+        assert remove_layers(loaded.model, REMOVE) == {old: new for new, old in enumerate(KEPT)}
+        out = tmp_path / model_type
+        report = emit_hf(loaded, REMOVE, out, source=str(path), self_check=False)
+        assert "model.safetensors" in report.files and "config.json" in report.files
+        jobs.append(prepare_self_check(loaded, out, cases, references))
+
+        original = _text_section(json.loads((path / "config.json").read_text()))
+        written = _text_section(json.loads((out / "config.json").read_text()))
+        assert written["num_hidden_layers"] == len(KEPT), model_type
+        for key in ("layer_types", "mlp_layer_types"):
+            if original.get(key) is not None:
+                assert written[key] == [original[key][i] for i in KEPT], (model_type, key)
+        if "max_window_layers" in original:
+            want = sum(i < original["max_window_layers"] for i in KEPT)
+            assert written["max_window_layers"] == want, model_type
+        if model_type == "qwen3_vl":
+            vision = json.loads((out / "config.json").read_text())["vision_config"]
+            assert vision["deepstack_visual_indexes"] == [0, 2]
+
+    outcomes = run_self_checks(jobs)  # one fresh process for all; raises on any problem
+    assert len(outcomes) == len(TINY_TYPES)
+    for model_type, (diff, generate_ok) in zip(TINY_TYPES, outcomes, strict=True):
+        assert diff < 1e-4, model_type
+        assert generate_ok, model_type
+
+
+def test_emit_hf_writes_a_complete_checkpoint(tiny_model, tmp_path: Path) -> None:
+    path = tiny_model("llava")
+    loaded = _load(path)
+    remove_layers(loaded.model, [2, 3])
+    spec = 'model "tiny-llava" {}\nprune { remove 2, 3 }\n'
+    out = tmp_path / "out"
+    scores = {"math": [0.1 * i for i in range(6)]}
+    report = emit_hf(loaded, [2, 3], out, spec_text=spec, source="tiny-llava", scores=scores)
+    assert report.generate_ok and report.checked_inputs == 2  # text + image prompt
+    assert report.max_abs_logit_diff < 1e-4
+    assert report.layer_map == {0: 0, 1: 1, 4: 2, 5: 3}
+    for name in ("tokenizer.json", "processor_config.json", "generation_config.json"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "| 4 | 2 |" in card and "prune { remove 2, 3 }" in card and "0.5000" in card
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["removed"] == [2, 3] and manifest["layer_map"]["5"] == 3
+    on_disk = {p.name for p in out.iterdir()} - {MANIFEST}
+    assert set(manifest["files"]) == on_disk
+    for name, meta in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
+
+
+def _half_done_surgery(model_dir: Path):
+    """Only the ModuleList is cut (the classic bug): config and layer_idx are stale."""
+    loaded = _load(model_dir)
+    layers = loaded.model.model.layers
+    loaded.model.model.layers = torch.nn.ModuleList([layers[i] for i in KEPT])
+    return loaded
+
+
+def test_self_check_rejects_incomplete_surgery(tiny_model, tmp_path: Path) -> None:
+    loaded = _half_done_surgery(tiny_model("llama"))
+    with pytest.raises(BuildError, match="self-check failed"):
+        emit_hf(loaded, REMOVE, tmp_path / "out")
+
+
+def test_failed_build_leaves_earlier_target_intact(tiny_model, tmp_path: Path) -> None:
+    target = tmp_path / "build" / "model"
+    good = _load(tiny_model("llama"))
+    remove_layers(good.model, REMOVE)
+    with atomic_directory(target) as staged:
+        emit_hf(good, REMOVE, staged, self_check=False)
+    before = (target / MANIFEST).read_bytes()
+
+    broken = _half_done_surgery(tiny_model("llama"))
+    with pytest.raises(BuildError), staging_directory(target) as staged:
+        emit_hf(broken, REMOVE, staged)
+    with pytest.raises(KeyboardInterrupt), staging_directory(target) as staged:
+        (staged / "config.json").write_text("{}")  # interrupted mid-write
+        raise KeyboardInterrupt
+    assert (target / MANIFEST).read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no staging leftovers
