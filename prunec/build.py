@@ -1,0 +1,335 @@
+"""The build pipeline: spec -> model -> scores -> selection -> verified artifacts + lockfile.
+
+Order matters for the "nothing half-done" promise:
+1. everything that can be checked without the model (spec, data files, target support) is
+   checked first, so a bad spec costs no model load;
+2. the model's layer count is checked against the spec (out-of-range indices, budget);
+3. scoring (cached), solving, and the `--locked` comparison happen before any surgery;
+4. the original model is evaluated for the gates, then pruned in place (one copy in memory);
+5. gates are checked before emission; a failed gate publishes nothing;
+6. every target is written into a staging directory beside it and self-checked; only when all
+   targets passed are they moved into place, then the lockfile is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunec.errors import BuildError, Diagnostic, SpecError, VerifyError
+from prunec.plan.model import Plan, TargetSpec
+
+if TYPE_CHECKING:
+    from prunec.arch.loading import LoadedModel
+    from prunec.planning import Selection
+    from prunec.scoring import LayerScores
+    from prunec.verify import DomainEval, GateReport
+
+Reporter = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One published artifact. report: the emitter's own report (HFReport / OnnxReport)."""
+
+    target: TargetSpec
+    report: Any
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build` produced.
+
+    scores: None for manual selection (an explicit `remove` list needs no calibration).
+    gates: None when the spec has no `verify` gates.
+    lock_path: None when the lockfile was not written (`write_lock=False`).
+    """
+
+    plan: Plan
+    num_layers: int
+    selection: Selection
+    scores: LayerScores | None
+    targets: tuple[TargetResult, ...]
+    gates: GateReport | None
+    lock_path: Path | None
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _quiet_transformers() -> None:
+    """prunec reports its own progress; transformers' per-shard bars would interleave."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _say(reporter: Reporter | None, message: str) -> None:
+    if reporter is not None:
+        reporter(message)
+
+
+def preflight(plan: Plan) -> None:
+    """Checks that need neither torch nor the model: data files exist, targets are supported.
+
+    Raises SpecError with every problem found, each pointing at the spec.
+    """
+    diags: list[Diagnostic] = []
+    needs_calibration = plan.prune.remove is None
+    for domain in plan.domains:
+        files = [("data", domain.data)] if needs_calibration else []
+        if domain.eval is not None:
+            files.append(("eval", domain.eval))
+        for key, path in files:
+            if not path.is_file():
+                diags.append(
+                    Diagnostic(
+                        "E301",
+                        f"{key} file of domain `{domain.name}` not found: {path}",
+                        plan.span(f"domains.{domain.name}.{key}"),
+                        help="paths are relative to the spec file",
+                    )
+                )
+    for gate in plan.verify.gates:
+        eval_path = gate.data or _domain_eval(plan, gate.domain)
+        if eval_path is None:
+            diags.append(
+                Diagnostic(
+                    "E302",
+                    f"gate on `{gate.domain}` has no evaluation data",
+                    plan.span(f"verify.{gate.domain}"),
+                    help=f'add `on "FILE"` to the gate or `eval "FILE"` to domain {gate.domain}',
+                )
+            )
+        elif not eval_path.is_file():
+            diags.append(
+                Diagnostic(
+                    "E301",
+                    f"evaluation file for gate `{gate.domain}` not found: {eval_path}",
+                    plan.span(f"verify.{gate.domain}"),
+                )
+            )
+    if plan.model.local and not Path(plan.model.source).is_dir():
+        diags.append(
+            Diagnostic(
+                "E303", f"model directory not found: {plan.model.source}", plan.span("model")
+            )
+        )
+    if diags:
+        raise SpecError(diags, _sources(plan))
+
+
+def _domain_eval(plan: Plan, name: str) -> Path | None:
+    try:
+        return plan.domain(name).eval
+    except KeyError:
+        return None
+
+
+def _sources(plan: Plan) -> Any:
+    from prunec.errors import SourceMap
+
+    sources = SourceMap()
+    if plan.spec_text:
+        sources.add(str(plan.spec_path) if plan.spec_path else "<string>", plan.spec_text)
+    return sources
+
+
+def check_model_fit(plan: Plan, num_layers: int) -> None:
+    """Raise SpecError when the spec does not fit a model with `num_layers` decoder layers."""
+    from prunec.syntax import validate_against_model
+
+    diags = validate_against_model(plan, num_layers)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        raise SpecError(errors, _sources(plan))
+
+
+def loaded_model_type(loaded: LoadedModel) -> str:
+    config: Any = loaded.model.config
+    return str(config.model_type)
+
+
+def check_targets_supported(plan: Plan, model_type: str) -> None:
+    """Fail before any work when a target cannot handle this architecture."""
+    if any(t.kind == "onnx" for t in plan.targets):
+        from prunec.backends.onnx import check_onnx_supported
+
+        check_onnx_supported(model_type)
+
+
+def evaluate_domains(
+    plan: Plan, loaded: LoadedModel, reporter: Reporter | None = None
+) -> dict[str, DomainEval]:
+    """Evaluate the model on every gated domain's evaluation data."""
+    from prunec.data import read_records
+    from prunec.verify import evaluate
+
+    results: dict[str, DomainEval] = {}
+    for gate in plan.verify.gates:
+        if gate.domain in results:
+            continue
+        path = gate.data or _domain_eval(plan, gate.domain)
+        assert path is not None  # preflight guarantees it
+        records = read_records(path, samples=plan.verify.samples, seed=0)
+        results[gate.domain] = evaluate(loaded.model, loaded.processor, records)
+        result = results[gate.domain]
+        _say(
+            reporter,
+            f"evaluated {gate.domain}: accuracy {result.accuracy:.1%}, "
+            f"answer NLL {result.nll:.3f} ({result.n} samples)",
+        )
+    return results
+
+
+def calibration_inputs(plan: Plan, loaded: LoadedModel, limit: int = 2) -> list[dict[str, Any]]:
+    """A few real model inputs from the calibration data, for artifact parity checks."""
+    from prunec.data import encode, read_records
+
+    inputs: list[dict[str, Any]] = []
+    for domain in plan.domains:
+        if not domain.data.is_file():
+            continue
+        records = read_records(domain.data, samples=limit, seed=domain.seed)
+        for record in records:
+            inputs.append(dict(encode(loaded.processor, [record], domain.max_length)))
+    return inputs
+
+
+def emit_target(
+    target: TargetSpec,
+    loaded: LoadedModel,
+    selection: Selection,
+    staged: Path,
+    plan: Plan,
+    samples: list[dict[str, Any]],
+    scores: LayerScores | None = None,
+) -> Any:
+    """Write one target into its staging directory and self-check it."""
+    if target.kind == "hf":
+        from prunec.backends.hf import emit_hf
+        from prunec.report import domain_importance
+
+        return emit_hf(
+            loaded,
+            list(selection.removed),
+            staged,
+            spec_text=plan.spec_text,
+            source=plan.model.source,
+            scores=domain_importance(scores) or None,
+        )
+    from prunec.backends.onnx import emit_onnx
+
+    return emit_onnx(loaded.model, loaded.processor, staged, target=target, sample_inputs=samples)
+
+
+def build(
+    spec: str | Path | Plan,
+    *,
+    locked: bool = False,
+    write_lock: bool = True,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> BuildResult:
+    """Run the whole pipeline for one spec. See the module docstring for the order."""
+    from prunec.syntax import load_spec
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    _quiet_transformers()
+    plan = spec if isinstance(spec, Plan) else load_spec(spec)
+    preflight(plan)
+
+    from prunec.arch.loading import load_model
+
+    tick = time.perf_counter()
+    loaded = load_model(plan.model)
+    timings["load"] = time.perf_counter() - tick
+    _say(reporter, f"loaded {plan.model.source} ({loaded.num_layers} decoder layers)")
+    check_model_fit(plan, loaded.num_layers)
+    check_targets_supported(plan, loaded_model_type(loaded))
+
+    from prunec.planning import solve
+
+    scores = None
+    if plan.prune.remove is None:
+        from prunec.scoring import score
+
+        tick = time.perf_counter()
+        scores = score(plan, loaded, cache_dir=cache_dir)
+        timings["score"] = time.perf_counter() - tick
+    selection = solve(plan, scores if scores is not None else {}, loaded.num_layers)
+    _say(reporter, f"selected layers to remove: {list(selection.removed)} ({selection.regime})")
+
+    from prunec import lock as lockfile
+
+    lock_path = lockfile.lock_path_for(plan)
+    if locked:
+        lockfile.check_lock(lock_path, plan, loaded, scores, selection)
+
+    original: dict[str, DomainEval] = {}
+    if plan.verify.gates:
+        tick = time.perf_counter()
+        original = evaluate_domains(plan, loaded, reporter)
+        timings["eval_original"] = time.perf_counter() - tick
+
+    samples = (
+        calibration_inputs(plan, loaded) if any(t.kind == "onnx" for t in plan.targets) else []
+    )
+
+    from prunec.arch import remove_layers
+
+    remove_layers(loaded.model, list(selection.removed))
+
+    gates = None
+    if plan.verify.gates:
+        from prunec.verify import check_gates
+
+        tick = time.perf_counter()
+        pruned = evaluate_domains(plan, loaded, reporter)
+        timings["eval_pruned"] = time.perf_counter() - tick
+        gates = check_gates(plan, original, pruned)
+        if not gates.passed:
+            raise VerifyError("a verify gate failed; no target was published", gates.render())
+
+    from prunec.backends.atomic import publish, staging_directory
+
+    results: list[TargetResult] = []
+    with ExitStack() as stack:
+        staged_dirs = []
+        for target in plan.targets:
+            tick = time.perf_counter()
+            staged = stack.enter_context(staging_directory(target.path))
+            report = emit_target(target, loaded, selection, staged, plan, samples, scores)
+            timings[f"emit_{target.kind}"] = time.perf_counter() - tick
+            staged_dirs.append((staged, target))
+            results.append(TargetResult(target, report))
+            _say(reporter, f"emitted {target.kind} target (staged, self-checked)")
+        for staged, target in staged_dirs:
+            publish(staged, target.path)
+            _say(reporter, f"published {target.path}")
+
+    written = None
+    if write_lock:
+        written = lockfile.write_lock(lock_path, plan, loaded, scores, selection)
+    return BuildResult(
+        plan=plan,
+        num_layers=loaded.num_layers,
+        selection=selection,
+        scores=scores,
+        targets=tuple(results),
+        gates=gates,
+        lock_path=written,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+
+
+__all__ = ["BuildError", "BuildResult", "TargetResult", "build", "preflight"]

@@ -1,0 +1,35 @@
+"""`prunec build SPEC`: score, plan, emit every target, verify, and write the lockfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="build")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--locked", is_flag=True, help="Fail if inputs differ from SPEC.lock.")
+@click.option("--no-lock", is_flag=True, help="Do not write the lockfile.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
+)
+def command(spec: Path, locked: bool, no_lock: bool, cache_dir: Path | None) -> None:
+    """Build SPEC: every target is published only if all self-checks and gates pass."""
+    from rich.console import Console
+
+    from prunec.build import build
+    from prunec.report import render_build
+
+    console = Console(stderr=True, highlight=False)
+    result = build(
+        spec,
+        locked=locked,
+        write_lock=not no_lock,
+        cache_dir=cache_dir,
+        reporter=lambda message: console.print(f"[dim]·[/dim] {message}"),
+    )
+    render_build(result, console)

@@ -1,0 +1,79 @@
+"""Human-readable build output: the layer plan table, the artifacts and the gate table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from prunec.build import BuildResult
+    from prunec.planning import Selection
+    from prunec.scoring import LayerScores
+
+
+def selection_table(
+    selection: Selection,
+    domain_importance: dict[str, Sequence[float]] | None = None,
+    title: str | None = None,
+) -> Table:
+    """One row per decoder layer: per-domain importance, the planned value, removed or kept."""
+    from rich.table import Table
+
+    domains = domain_importance or {}
+    table = Table(
+        title=title
+        or (
+            f"plan: remove {len(selection.removed)} of {selection.num_layers} layers "
+            f"({selection.strategy} -> {selection.ranking}, {selection.regime} budget)"
+        )
+    )
+    table.add_column("layer", justify="right")
+    for name in domains:
+        table.add_column(f"I({name})", justify="right")
+    table.add_column("planned", justify="right")
+    table.add_column("", justify="left")
+    removed = set(selection.removed)
+    for layer in range(selection.num_layers):
+        cells = [str(layer)]
+        cells += [f"{values[layer]:.4f}" for values in domains.values()]
+        planned = selection.importance[layer] if selection.importance else float("nan")
+        cells.append(f"{planned:.4f}")
+        cells.append("[bold red]removed[/]" if layer in removed else "kept")
+        table.add_row(*cells)
+    return table
+
+
+def domain_importance(scores: LayerScores | None) -> dict[str, Sequence[float]]:
+    """domain -> per-layer importance (all-token statistic), for tables and model cards."""
+    if scores is None:
+        return {}
+    return {name: scores.importance(name) for name in scores.domains}
+
+
+def _target_line(kind: str, path: Any, report: Any) -> str:
+    if kind == "hf":
+        return (
+            f"hf    {path}  reload max |Δlogit| {report.max_abs_logit_diff:.2e}, "
+            f"generate {'ok' if report.generate_ok else 'FAILED'}, {report.seconds:.1f}s"
+        )
+    summary = report.summary() if hasattr(report, "summary") else str(report)
+    return f"onnx  {path}  {summary}"
+
+
+def render_build(result: BuildResult, console: Console) -> None:
+    """Print the plan table, the published targets and the gate table."""
+    console.print(selection_table(result.selection, domain_importance(result.scores)))
+    for target in result.targets:
+        console.print(_target_line(target.target.kind, target.target.path, target.report))
+    if result.gates is not None:
+        console.print(result.gates.render())
+    if result.lock_path is not None:
+        console.print(f"lockfile {result.lock_path}")
+    kept = result.num_layers - len(result.selection.removed)
+    console.print(
+        f"[bold green]built[/] {result.num_layers} -> {kept} decoder layers "
+        f"in {result.seconds:.1f}s"
+    )
