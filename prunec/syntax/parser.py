@@ -70,7 +70,26 @@ def lark_parser() -> Lark:
         keep_all_tokens=True,
         postlex=_AlwaysName(),  # type: ignore[arg-type]
         maybe_placeholders=False,
+        cache=_cache_file(),
     )
+
+
+def _cache_file() -> str | bool:
+    """Where Lark keeps the built LALR tables between runs (False: do not cache).
+
+    Loading them is several times faster than building them, which matters for `prunec
+    check` in pre-commit hooks. Lark stores a hash of the grammar and options in the file
+    and rebuilds on a mismatch. A per-user directory, not the shared temp directory, because
+    the file is a pickle.
+    """
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunec"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return str(base / "grammar.lark-cache")
 
 
 def parse_tree(text: str, filename: str = "<string>") -> SpecFile:
