@@ -70,7 +70,7 @@ class Constraints:
         elif prune.budget is not None:
             budget = prune.budget.resolve(num_layers)
         else:
-            raise SpecError([Diagnostic("E210", "`prune` needs a `budget` or a `remove` list")])
+            raise SpecError([Diagnostic("E223", "`prune` needs a `budget` or a `remove` list")])
         strategy = "manual" if remove is not None else prune.strategy
         return cls(
             num_layers=num_layers,
@@ -171,23 +171,23 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
             if not 0 <= layer < n:
                 problems.append(
                     Diagnostic(
-                        "E301",
+                        "E302",
                         f"{key}: layer {layer} does not exist; {last}",
                         c.span(f"prune.{key}.{i}", f"prune.{key}"),
                     )
                 )
     if k < 1:
-        problems.append(Diagnostic("E302", f"budget {k} removes no layer", budget_span))
+        problems.append(Diagnostic("E205", f"budget {k} removes no layer", budget_span))
         return problems
     if k >= n:
         problems.append(
             Diagnostic(
-                "E302", f"budget {k} removes every decoder layer; the model has {n}", budget_span
+                "E301", f"budget {k} removes every decoder layer; the model has {n}", budget_span
             )
         )
         return problems
     if c.max_run is not None and c.max_run < 1:
-        problems.append(Diagnostic("E303", "max_run must be at least 1", c.span("prune.max_run")))
+        problems.append(Diagnostic("E205", "max_run must be at least 1", c.span("prune.max_run")))
         return problems
     if c.remove is not None:
         return problems  # manual: checked against the constraints by the strategy itself
@@ -195,7 +195,7 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
     if k > removable:
         problems.append(
             Diagnostic(
-                "E304",
+                "E303",
                 f"budget {k} but only {removable} of {n} layers may be removed",
                 budget_span,
                 notes=(_forbidden_note(c),),
@@ -206,7 +206,7 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
         if needed > n:
             problems.append(
                 Diagnostic(
-                    "E305",
+                    "E304",
                     f"budget {k} with max_run {c.max_run} needs at least {needed} layers; "
                     f"the model has {n}",
                     c.span("prune.max_run", "prune.spacing", "prune.budget"),
@@ -217,7 +217,7 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
         if needed > n:
             problems.append(
                 Diagnostic(
-                    "E306",
+                    "E304",
                     f"budget {k} with min_gap {c.min_gap} needs at least {needed} layers; "
                     f"the model has {n}",
                     c.span("prune.min_gap", "prune.spacing", "prune.budget"),
@@ -249,5 +249,5 @@ def infeasible(c: Constraints, why: str | None = None) -> SpecError:
     if c.min_gap:
         notes.append(f"min_gap {c.min_gap}")
     return SpecError(
-        [Diagnostic("E307", message, c.span("prune.budget", "prune"), notes=tuple(notes))]
+        [Diagnostic("E304", message, c.span("prune.budget", "prune"), notes=tuple(notes))]
     )

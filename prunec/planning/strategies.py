@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from prunec.errors import Diagnostic, SpecError
+from prunec.errors import Diagnostic, SourceMap, SpecError
 from prunec.plan.model import Plan
 from prunec.planning.exact import objective, satisfies, solve_exact
 from prunec.planning.problem import (
@@ -51,14 +51,33 @@ def solve(
             num_layers = layer_scores.num_layers
         else:
             raise ValueError("num_layers is required when there are no scores")
-    c = Constraints.from_plan(problem, num_layers) if isinstance(problem, Plan) else problem
+    if isinstance(problem, Plan):
+        try:
+            return _solve(Constraints.from_plan(problem, num_layers), layer_scores)
+        except SpecError as err:
+            raise with_spec_source(err, problem) from None
+    return _solve(problem, layer_scores)
+
+
+def with_spec_source(err: SpecError, plan: Plan) -> SpecError:
+    """The same error, able to quote the spec's lines (spans name the spec file)."""
+    if not plan.spec_text:
+        return err
+    sources = SourceMap(dict(err.sources.texts))
+    for diag in err.diagnostics:
+        if diag.span is not None and diag.span.file not in sources.texts:
+            sources.add(diag.span.file, plan.spec_text)
+    return SpecError(err.diagnostics, sources)
+
+
+def _solve(c: Constraints, layer_scores: LayerScores | None) -> Selection:
     strategy = STRATEGY_REGISTRY.get(c.strategy)
     if strategy is None:
         valid = ", ".join(sorted(STRATEGY_REGISTRY))
         raise SpecError(
             [
                 Diagnostic(
-                    "E308",
+                    "E210",
                     f"unknown strategy `{c.strategy}`",
                     c.span("prune.strategy"),
                     expected=f"one of: {valid}",
@@ -72,7 +91,7 @@ def solve(
         raise SpecError(
             [
                 Diagnostic(
-                    "E309",
+                    "E308",
                     f"the scores cover {layer_scores.num_layers} layers; "
                     f"the model has {c.num_layers}",
                     c.span("prune.budget", "prune"),
@@ -94,7 +113,7 @@ def _missing_scores(c: Constraints, what: str) -> SpecError:
     return SpecError(
         [
             Diagnostic(
-                "E310",
+                "E225",
                 f"strategy `{c.strategy}` needs {what}, and there are none",
                 c.span("prune.strategy"),
                 help="run calibration (`prunec score`) or pass a scores file",
@@ -117,7 +136,7 @@ def _weights(c: Constraints, scores: LayerScores) -> Mapping[str, float] | None:
         raise SpecError(
             [
                 Diagnostic(
-                    "E311",
+                    "E307",
                     f"the scores have no domain {', '.join(missing)} "
                     f"(they have: {', '.join(scores.domains)})",
                     c.span(*(f"domains.{m}" for m in missing), "prune"),
@@ -261,14 +280,14 @@ def manual_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     removed = sorted(set(c.remove or ()))
     if len(removed) != len(c.remove or ()):
         raise SpecError(
-            [Diagnostic("E312", "`remove` lists a layer twice", c.span("prune.remove"))]
+            [Diagnostic("E219", "`remove` lists a layer twice", c.span("prune.remove"))]
         )
     clash = sorted(set(removed) & c.forbidden)
     if clash:
         raise SpecError(
             [
                 Diagnostic(
-                    "E313",
+                    "E305",
                     f"`remove` names kept layers {clash}",
                     c.span("prune.remove"),
                     notes=(f"never removed: keep first/last and protect = {sorted(c.forbidden)}",),

@@ -1,0 +1,137 @@
+"""`prunec plan SPEC [--scores FILE] [--json]`: show the selection without emitting anything.
+
+With `--scores` the plan comes from a scores file alone: no model is loaded and torch is not
+imported (the file is `prunec score` output or `{"domains": {"math": [I per layer], ...}}`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from prunec.errors import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    from prunec.plan.model import Plan
+    from prunec.planning import Selection
+    from prunec.scoring import LayerScores
+
+
+def read_scores_file(path: Path) -> LayerScores:
+    """LayerScores from a file; SpecError naming the file when it is unreadable or malformed."""
+    from prunec.scoring.scores import LayerScores
+
+    try:
+        return LayerScores.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([Diagnostic("E330", f"cannot read scores file {path}: {err}")]) from None
+    except ValueError as err:
+        raise SpecError([Diagnostic("E331", f"invalid scores file {path}: {err}")]) from None
+
+
+def _check_layer_count(plan: Plan, scores: LayerScores) -> None:
+    from prunec.plan.model_info import read_layer_count
+
+    expected = read_layer_count(plan.model)
+    if expected is not None and expected != scores.num_layers:
+        raise SpecError(
+            [
+                Diagnostic(
+                    "E332",
+                    f"the scores file has {scores.num_layers} layers; "
+                    f"the model has {expected} decoder layers",
+                    plan.span("model"),
+                )
+            ]
+        )
+
+
+def _scores_and_layers(
+    plan: Plan, scores_file: Path | None, cache_dir: Path | None
+) -> tuple[LayerScores | None, int]:
+    if scores_file is not None:
+        scores = read_scores_file(scores_file)
+        _check_layer_count(plan, scores)
+        return scores, scores.num_layers
+    if plan.prune.remove is not None:  # manual: no calibration; the layer count suffices
+        from prunec.plan.model_info import read_layer_count
+
+        count = read_layer_count(plan.model)
+        if count is not None:
+            return None, count
+    from prunec.scoring import score
+
+    scored = score(plan, None, cache_dir=cache_dir)
+    return scored, scored.num_layers
+
+
+def plan_json(selection: Selection, scores: LayerScores | None) -> dict[str, Any]:
+    """The `--json` output: the selection plus per-domain importance."""
+    out = selection.to_json()
+    out["domains"] = (
+        {name: list(scores.importance(name)) for name in scores.domains} if scores else {}
+    )
+    return out
+
+
+def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(scores.domains) if scores is not None else []
+    table = Table(
+        title=f"{plan.model.source}: remove {len(selection.removed)} of "
+        f"{selection.num_layers} layers"
+    )
+    table.add_column("layer", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column(f"{selection.ranking}", justify="right")
+    table.add_column("removed", justify="center")
+    importance = {name: scores.importance(name) for name in names} if scores else {}
+    for layer in range(selection.num_layers):
+        gone = layer in selection.removed
+        cells = [str(layer), *(f"{importance[n][layer]:.4f}" for n in names)]
+        cells += [f"{selection.importance[layer]:.4f}", "x" if gone else ""]
+        table.add_row(*cells, style="bold red" if gone else None)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"strategy {selection.strategy} ({selection.ranking} ranking), regime "
+        f"[bold]{selection.regime}[/], spacing weight {selection.spacing_weight:g}, "
+        f"objective {selection.objective:.4f}"
+    )
+    console.print(f"removed: {list(selection.removed)}")
+
+
+@click.command(name="plan")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--scores",
+    "scores_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Plan from this scores file; loads no model.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the selection as JSON.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
+)
+def command(spec: Path, scores_file: Path | None, as_json: bool, cache_dir: Path | None) -> None:
+    """Show which layers SPEC would remove, and the regime; writes nothing."""
+    from prunec.planning import solve
+    from prunec.syntax import load_spec
+
+    plan = load_spec(spec)
+    scores, num_layers = _scores_and_layers(plan, scores_file, cache_dir)
+    selection = solve(plan, scores if scores is not None else {}, num_layers)
+    if as_json:
+        click.echo(json.dumps(plan_json(selection, scores), sort_keys=True, indent=2))
+    else:
+        render_table(plan, selection, scores)

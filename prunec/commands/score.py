@@ -1,0 +1,42 @@
+"""`prunec score SPEC [-o FILE]`: run calibration and write per-layer, per-domain scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command(name="score")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the scores JSON here (default: standard output).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
+)
+def command(spec: Path, output: Path | None, cache_dir: Path | None) -> None:
+    """Score every decoder layer of SPEC's model on each calibration domain (cached)."""
+    from prunec.scoring import score
+    from prunec.syntax import load_spec
+
+    plan = load_spec(spec)
+    scores = score(plan, None, cache_dir=cache_dir)
+    text = json.dumps(scores.to_json(), sort_keys=True, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
+    click.echo(
+        f"wrote {output} ({scores.num_layers} layers, {len(scores.domains)} domains)", err=True
+    )
