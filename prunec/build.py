@@ -14,13 +14,13 @@ Order matters for the "nothing half-done" promise:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunec.errors import BuildError, Diagnostic, SpecError, VerifyError
+from prunec.errors import BuildError, Diagnostic, SourceMap, SpecError, VerifyError
 from prunec.plan.model import Plan, TargetSpec
 
 if TYPE_CHECKING:
@@ -76,54 +76,28 @@ def _say(reporter: Reporter | None, message: str) -> None:
         reporter(message)
 
 
+#: Files that `check` only warns about (the demo creates them) must exist when building.
+_MISSING_AT_BUILD = {"W301": "E310", "W302": "E311"}
+
+
 def preflight(plan: Plan) -> None:
-    """Checks that need neither torch nor the model: data files exist, targets are supported.
+    """Checks that need neither torch nor the model: every file the spec names exists.
 
     Raises SpecError with every problem found, each pointing at the spec.
     """
-    diags: list[Diagnostic] = []
-    needs_calibration = plan.prune.remove is None
-    for domain in plan.domains:
-        files = [("data", domain.data)] if needs_calibration else []
-        if domain.eval is not None:
-            files.append(("eval", domain.eval))
-        for key, path in files:
-            if not path.is_file():
-                diags.append(
-                    Diagnostic(
-                        "E301",
-                        f"{key} file of domain `{domain.name}` not found: {path}",
-                        plan.span(f"domains.{domain.name}.{key}"),
-                        help="paths are relative to the spec file",
-                    )
-                )
-    for gate in plan.verify.gates:
-        eval_path = gate.data or _domain_eval(plan, gate.domain)
-        if eval_path is None:
-            diags.append(
-                Diagnostic(
-                    "E302",
-                    f"gate on `{gate.domain}` has no evaluation data",
-                    plan.span(f"verify.{gate.domain}"),
-                    help=f'add `on "FILE"` to the gate or `eval "FILE"` to domain {gate.domain}',
-                )
-            )
-        elif not eval_path.is_file():
-            diags.append(
-                Diagnostic(
-                    "E301",
-                    f"evaluation file for gate `{gate.domain}` not found: {eval_path}",
-                    plan.span(f"verify.{gate.domain}"),
-                )
-            )
-    if plan.model.local and not Path(plan.model.source).is_dir():
-        diags.append(
-            Diagnostic(
-                "E303", f"model directory not found: {plan.model.source}", plan.span("model")
-            )
+    from prunec.syntax.model_checks import missing_file_warnings
+
+    diags = [
+        replace(
+            d,
+            code=_MISSING_AT_BUILD.get(d.code, d.code),
+            message=d.message.removesuffix(" yet"),
+            severity="error",
         )
+        for d in missing_file_warnings(plan)
+    ]
     if diags:
-        raise SpecError(diags, _sources(plan))
+        raise SpecError(diags, _sources(plan, diags))
 
 
 def _domain_eval(plan: Plan, name: str) -> Path | None:
@@ -133,12 +107,12 @@ def _domain_eval(plan: Plan, name: str) -> Path | None:
         return None
 
 
-def _sources(plan: Plan) -> Any:
-    from prunec.errors import SourceMap
-
+def _sources(plan: Plan, diags: Sequence[Diagnostic]) -> SourceMap:
+    """The spec's text under every file name the diagnostics' spans use."""
     sources = SourceMap()
-    if plan.spec_text:
-        sources.add(str(plan.spec_path) if plan.spec_path else "<string>", plan.spec_text)
+    for diag in diags:
+        if diag.span is not None:
+            sources.add(diag.span.file, plan.spec_text)
     return sources
 
 
@@ -149,7 +123,7 @@ def check_model_fit(plan: Plan, num_layers: int) -> None:
     diags = validate_against_model(plan, num_layers)
     errors = [d for d in diags if d.severity == "error"]
     if errors:
-        raise SpecError(errors, _sources(plan))
+        raise SpecError(errors, _sources(plan, errors))
 
 
 def loaded_model_type(loaded: LoadedModel) -> str:
