@@ -38,6 +38,28 @@ _CONTEXT_BY_KEYWORD: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Where each setting belongs, for "`budget` belongs in a `prune` block" hints.
+_HOME_BLOCK: dict[str, str] = {
+    **dict.fromkeys(("revision", "dtype", "device", "trust_remote_code"), "model"),
+    **dict.fromkeys(("data", "weight", "max_length", "eval", "seed"), "domain"),
+    **dict.fromkeys(
+        [
+            "budget",
+            "spacing",
+            "keep",
+            "protect",
+            "remove",
+            "strategy",
+            "spacing_weight",
+            "batch_size",
+            "tokens",
+        ],
+        "prune",
+    ),
+    **dict.fromkeys(("opset", "quantize", "kv_cache"), "target"),
+}
+
+
 class _AlwaysName:
     """A no-op post-lexer that makes NAME acceptable in every parser state.
 
@@ -259,7 +281,7 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagno
     accepts = _accepts(err)
     expected = expected_words(accepts) if accepts else None
     if isinstance(err, UnexpectedCharacters):
-        return _bad_character(err, text, filename, expected)
+        return _bad_character(err, text, filename, expected, accepts)
     if isinstance(err, UnexpectedEOF) or (
         isinstance(err, UnexpectedToken) and err.token.type == "$END"
     ):
@@ -270,21 +292,38 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagno
     assert isinstance(err, UnexpectedToken)
     token = err.token
     span = _token_span(token, filename)
+    help_text = _token_help(token, accepts)
     if token.type == "NAME":
-        keywords = [k for n in accepts if (k := _keyword_text(n)) is not None]
         context = _context(accepts)
-        guess = did_you_mean(str(token), keywords)
-        help_text = f"did you mean `{guess}`?" if guess else None
         if context == "the file":
             message = f"unknown statement `{token}`"
         elif context is not None:
             message = f"unknown setting `{token}` in {context}"
-        elif keywords:
-            message = f"unexpected word `{token}`"
         else:
             message = f"unexpected word `{token}`"
         return Diagnostic("E102", message, span, expected, help_text)
-    return Diagnostic("E102", f"unexpected {_describe(token)}", span, expected)
+    return Diagnostic("E102", f"unexpected {_describe(token)}", span, expected, help_text)
+
+
+def _token_help(token: Token, accepts: set[str]) -> str | None:
+    """A hint for the usual causes of an unexpected token, most specific first."""
+    text = str(token)
+    keywords = [k for n in accepts if (k := _keyword_text(n)) is not None]
+    if "COMMA" in accepts and (token.type == "NUMBER" or text in ("first", "last")):
+        return f"is a `,` missing before `{text}`?"
+    if token.type == "NAME":
+        guess = did_you_mean(text, keywords)
+        if guess:
+            return f"did you mean `{guess}`?"
+        home = _HOME_BLOCK.get(text)
+        context = _context(accepts)
+        if home and context and context != f"`{home}`":
+            return f"`{text}` belongs in a `{home}` block"
+        if "STRING" in accepts:
+            return 'paths and model ids are written in double quotes: `"..."`'
+    if token.type == "STRING" and "NAME" in accepts:
+        return f"write it without quotes: `{text[1:-1]}`"
+    return None
 
 
 def _describe(token: Token) -> str:
@@ -296,7 +335,11 @@ def _describe(token: Token) -> str:
 
 
 def _bad_character(
-    err: UnexpectedCharacters, text: str, filename: str, expected: str | None
+    err: UnexpectedCharacters,
+    text: str,
+    filename: str,
+    expected: str | None,
+    expected_names: set[str],
 ) -> Diagnostic:
     line_text = text.splitlines()[err.line - 1] if text.splitlines() else ""
     char = err.char
@@ -305,5 +348,9 @@ def _bad_character(
         return Diagnostic("E103", "unterminated string", span, None, 'close it with `"`')
     span = Span.point(filename, err.line, err.column)
     shown = repr(char) if not char.isprintable() or char.isspace() else f"`{char}`"
-    help_text = "thresholds are written `>= 90%`" if char in "<>=" else None
+    help_text = None
+    if char in "<>=" and "__ANON_0" in expected_names:
+        help_text = "thresholds are written `>= 90%`"
+    elif char == ";":
+        help_text = "settings need no separator; write them on separate lines"
     return Diagnostic("E101", f"unexpected character {shown}", span, expected, help_text)
