@@ -90,6 +90,17 @@ def test_fmt_check_diff_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert run_cli(["fmt", "--check", str(spec)], capsys)[0] == ExitCode.OK
 
 
+def test_fmt_stdin_to_stdout() -> None:
+    script = Path(sys.executable).parent / "prunec"
+    proc = subprocess.run([str(script), "fmt", "-"], input=UGLY, capture_output=True, text=True)
+    assert proc.returncode == ExitCode.OK
+    assert proc.stdout.startswith('model "org/m"  # the model\n\ndomain a {\n  data "a.jsonl"\n}')
+    check = subprocess.run(
+        [str(script), "fmt", "--check", "-"], input=UGLY, capture_output=True, text=True
+    )
+    assert check.returncode == ExitCode.FMT and check.stdout == ""
+
+
 def test_fmt_on_invalid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "s.prune"
     spec.write_text('model "x" {')

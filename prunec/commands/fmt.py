@@ -34,6 +34,15 @@ def _read(path: Path) -> str:
         raise SpecError([Diagnostic("E100", f"cannot read {path}: {reason}")]) from None
 
 
+def _format_stdin(check_only: bool) -> int:
+    """Format standard input to standard output; 1 when it was not canonical."""
+    text = click.get_text_stream("stdin").read()
+    formatted = format_text(text, "<stdin>")
+    if not check_only:
+        click.echo(formatted, nl=False)
+    return int(formatted != text)
+
+
 @click.command("fmt")
 @click.option(
     "--check", "check_only", is_flag=True, help="Change nothing; exit 6 if any file would change."
@@ -42,11 +51,18 @@ def _read(path: Path) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
 def command(ctx: click.Context, check_only: bool, show_diff: bool, files: tuple[Path, ...]) -> None:
-    """Format spec FILES canonically. Idempotent; keeps every comment; never changes meaning."""
+    """Format spec FILES canonically. Idempotent; keeps every comment; never changes meaning.
+
+    FILE `-` reads standard input and writes the formatted text to standard output (for
+    editors); with --check it only sets the exit status.
+    """
     check_only = check_only or show_diff
     invalid = changed = 0
     for path in files:
         try:
+            if str(path) == "-":
+                changed += _format_stdin(check_only)
+                continue
             text = _read(path)
             formatted = format_text(text, str(path))
         except SpecError as err:

@@ -53,6 +53,7 @@ class Analysis(NamedTuple):
 
 def analyze(text: str, filename: str = "<string>", base_dir: Path | None = None) -> Analysis:
     """Parse and validate `text`; never raises for problems in the text itself."""
+    text = text.removeprefix("\ufeff")  # editors on Windows may write a byte-order mark
     sources = SourceMap()
     sources.add(filename, text)
     try:

@@ -37,6 +37,7 @@ def format_text(text: str, filename: str = "<string>") -> str:
     collapsed to one; top-level blocks are separated by one blank line. Values are aligned
     in a column within each block.
     """
+    text = text.removeprefix("\ufeff")
     spec = parse_tree(text, filename)
     units = _units(spec)
     tail = _attach(units, list(spec.comments))
