@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _read(path: Path) -> str:
 
 def _format_stdin(check_only: bool) -> int:
     """Format standard input to standard output; 1 when it was not canonical."""
-    text = click.get_text_stream("stdin").read()
+    text = sys.stdin.read()
     formatted = format_text(text, "<stdin>")
     if not check_only:
         click.echo(formatted, nl=False)
