@@ -29,11 +29,22 @@ def render_case(spec: Path) -> str:
     return HEADER.format(name=spec.name) + body + ("\n" if body else "") + f"-- {status}\n"
 
 
+def format_case(spec: Path) -> str:
+    """`prunec fmt` output for `spec` (tests/golden/fmt/): the canonical layout, by example."""
+    from prunec.syntax import format_text
+
+    return format_text(spec.read_text(encoding="utf-8"), spec.name)
+
+
 def main() -> int:
     cases = sorted(GOLDEN.glob("*.prune"))
     for spec in cases:
         spec.with_suffix(".expected").write_text(render_case(spec), encoding="utf-8")
-    print(f"wrote {len(cases)} golden files in {GOLDEN}")
+    fmt_cases = sorted((GOLDEN / "fmt").glob("*.prune"))
+    for spec in fmt_cases:
+        # No header here: the output must itself be a canonical spec (fmt is idempotent).
+        spec.with_suffix(".formatted").write_text(format_case(spec), encoding="utf-8")
+    print(f"wrote {len(cases) + len(fmt_cases)} golden files in {GOLDEN}")
     return 0
 
 

@@ -41,6 +41,16 @@ def test_golden_diagnostics(case: str) -> None:
     assert _regen_module().render_case(GOLDEN / f"{case}.prune") == expected
 
 
+FMT_CASES = sorted(p.stem for p in (GOLDEN / "fmt").glob("*.prune"))
+
+
+@pytest.mark.parametrize("case", FMT_CASES)
+def test_golden_format(case: str) -> None:
+    expected = (GOLDEN / "fmt" / f"{case}.formatted").read_text(encoding="utf-8")
+    assert _regen_module().format_case(GOLDEN / "fmt" / f"{case}.prune") == expected
+    assert format_text(expected) == expected
+
+
 def test_golden_cases_cover_every_error_code() -> None:
     written = "".join(p.read_text() for p in GOLDEN.glob("*.expected"))
     untested = {c for c in CODES if f"[{c}]" not in written} - {"E100", "E105"}
