@@ -71,14 +71,30 @@ class ArchEntry(_Frozen):
     deepstack: DeepstackEntry | None = None
     notes: str = ""
 
-    def layer_patterns(self) -> tuple[re.Pattern[str], ...]:
-        """Regexes matching a layer's tensor names; group 1 is the index, group 2 the rest."""
-        return tuple(_template_regex(t) for t in self.tensor_templates)
+    def rename_tensor(
+        self, name: str, layer_map: Mapping[int, int], deepstack_map: Mapping[int, int]
+    ) -> str | None:
+        """The checkpoint tensor `name` after surgery: renumbered, unchanged (not a layer
+        tensor), or None when it belongs to a removed layer (or a dropped deepstack merger)."""
+        groups = [(self.tensor_templates, layer_map)]
+        if self.deepstack is not None:
+            groups.append((self.deepstack.tensor_templates, deepstack_map))
+        for templates, index_map in groups:
+            for template in templates:
+                match = _template_regex(template).fullmatch(name)
+                if match is None:
+                    continue
+                new = index_map.get(int(match.group(2)))
+                if new is None:
+                    return None
+                return f"{match.group(1)}{new}{match.group(3)}"
+        return name
 
 
+@cache
 def _template_regex(template: str) -> re.Pattern[str]:
     head, _, tail = template.partition("${layer_index}")
-    return re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + r"(.*)")
+    return re.compile("(" + re.escape(head) + r")(\d+)(" + re.escape(tail) + r".*)")
 
 
 @cache

@@ -93,7 +93,9 @@ def emit_hf(
     _save_weights(loaded.model, out_dir)
     _copy_processor(loaded, out_dir)
     (out_dir / "README.md").write_text(
-        model_card(source or str(loaded.source_dir or ""), spec_text, layer_map, loaded, scores)
+        model_card(
+            source or str(loaded.source_dir or ""), spec_text, layer_map, loaded.num_layers, scores
+        )
     )
     diff, generate_ok = 0.0, False
     if job is not None:
@@ -222,11 +224,11 @@ def model_card(
     source: str,
     spec_text: str,
     layer_map: Mapping[int, int],
-    loaded: LoadedModel,
+    num_layers: int,
     scores: Mapping[str, Sequence[float]] | None = None,
 ) -> str:
-    """The README.md of an emitted checkpoint."""
-    removed = [i for i in range(loaded.num_layers) if i not in layer_map]
+    """The README.md of an emitted checkpoint (`num_layers`: the original layer count)."""
+    removed = [i for i in range(num_layers) if i not in layer_map]
     lines = [
         "---",
         f"base_model: {source}" if source else "base_model: unknown",
@@ -235,7 +237,7 @@ def model_card(
         "",
         f"# Depth-pruned {source or 'model'}",
         "",
-        f"Built by prunec {_prunec_version()}: {len(removed)} of {loaded.num_layers} decoder "
+        f"Built by prunec {_prunec_version()}: {len(removed)} of {num_layers} decoder "
         f"layers removed ({removed}), {len(layer_map)} kept. Loads with plain `transformers`.",
         "",
         "## Layer map (old index -> new index, 0-based)",
@@ -249,7 +251,7 @@ def model_card(
         lines += ["", "## Layer importance (original indexing)", ""]
         lines += ["| layer | " + " | ".join(domains) + " | removed |"]
         lines += ["|---:|" + "---:|" * len(domains) + ":---:|"]
-        for i in range(loaded.num_layers):
+        for i in range(num_layers):
             vals = " | ".join(f"{scores[d][i]:.4f}" for d in domains)
             lines.append(f"| {i} | {vals} | {'x' if i in removed else ''} |")
     if spec_text:
