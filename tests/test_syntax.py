@@ -53,7 +53,7 @@ def test_golden_format(case: str) -> None:
 
 def test_golden_cases_cover_every_error_code() -> None:
     written = "".join(p.read_text() for p in GOLDEN.glob("*.expected"))
-    untested = {c for c in CODES if f"[{c}]" not in written} - {"E100", "E105"}
+    untested = {c for c in CODES if f"[{c}]" not in written} - {"E100"}  # E100: unreadable file
     assert not untested, f"codes without a golden case: {sorted(untested)}"
 
 

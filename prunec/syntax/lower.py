@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -278,8 +279,8 @@ class _Lowerer:
                 values[key] = self.path(tok)
             elif key == "weight":
                 weight = float(tok.text)
-                if weight <= 0:
-                    self.error("E206", f"weight must be > 0, not {tok.text}", tok.span)
+                if not 0 < weight < math.inf:
+                    self.error("E206", f"weight must be > 0 and finite, not {tok.text}", tok.span)
                     ok = False
                 values["weight"] = weight
             else:
@@ -409,7 +410,7 @@ class _Lowerer:
     def _spacing_weight(self, setting: Setting, values: dict[str, Any]) -> bool:
         tok = setting.args[0]
         weight = float(tok.text)
-        if weight < 0:
+        if not 0 <= weight < math.inf:
             self.error("E206", f"`spacing_weight` must be >= 0, not {tok.text}", tok.span)
             return False
         values["spacing_weight"] = weight
