@@ -119,12 +119,16 @@ class _Lowerer:
         return None
 
     def unique_settings(self, settings: Iterable[Setting], where: str) -> dict[str, Setting]:
-        """Settings by key; a repeated key is an error pointing at the repeat."""
+        """Settings by key, in source order; a repeated key is an error pointing at the repeat.
+
+        `verify` gates may repeat their domain (one gate per metric), so each is keyed by its
+        position; `gate` checks its own duplicates.
+        """
         seen: dict[str, Setting] = {}
         for setting in settings:
-            key = setting.key.text if setting.rule != "gate" else f"gate:{setting.key.text}"
+            key = setting.key.text
             if setting.rule == "gate":
-                seen.setdefault(key + f":{len(seen)}", setting)
+                seen[f"gate {len(seen)}"] = setting
                 continue
             if key in seen:
                 first = seen[key].key.span
