@@ -130,7 +130,8 @@ def test_spans_point_at_each_setting_and_index() -> None:
         5,
         6,
     )
-    assert plan.span("model") is not None and plan.span("model").line == 1
+    model_span = plan.span("model")
+    assert model_span is not None and model_span.line == 1
 
 
 def test_parse_raises_all_semantic_errors_at_once() -> None:

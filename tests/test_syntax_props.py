@@ -44,7 +44,8 @@ def _spec(draw: st.DrawFn) -> str:
             max_size=4,
         )
     )
-    if model_settings or draw(st.booleans()):
+    empty_block: bool = draw(st.booleans())
+    if model_settings or empty_block:
         tokens += ["{", *[t for s in model_settings for t in s], "}"]
     domains = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
     for name in domains:
@@ -67,7 +68,8 @@ def _spec(draw: st.DrawFn) -> str:
             max_size=4,
         )
     )
-    if gates or draw(st.booleans()):
+    empty_verify: bool = draw(st.booleans())
+    if gates or empty_verify:
         tokens += ["verify", "{"]
         for domain, metric in gates:
             percent = draw(st.sampled_from(["90", "85.5", "100"]))
