@@ -60,6 +60,9 @@ _HOME_BLOCK: dict[str, str] = {
 }
 
 
+_TOP_LEVEL = ("model", "domain", "prune", "verify", "target")
+
+
 class _AlwaysName:
     """A no-op post-lexer that makes NAME acceptable in every parser state.
 
@@ -311,6 +314,8 @@ def _token_help(token: Token, accepts: set[str]) -> str | None:
     keywords = [k for n in accepts if (k := _keyword_text(n)) is not None]
     if "COMMA" in accepts and (token.type == "NUMBER" or text in ("first", "last")):
         return f"is a `,` missing before `{text}`?"
+    if text in _TOP_LEVEL and "RBRACE" in accepts:
+        return f"is a `}}` missing before this `{text}`?"
     if token.type == "NAME":
         guess = did_you_mean(text, keywords)
         if guess:
