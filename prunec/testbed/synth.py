@@ -23,20 +23,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 40, 180),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-COLUMNS: tuple[str, ...] = ("left", "middle", "right")
 DOMAINS: tuple[str, ...] = ("math", "general")
 
-#: Math: count dots, or count the dots of one colour (two colours per image).
+#: Math: count the dots (1-9), or count them and add one (2-10).
 MATH_QUESTIONS: dict[str, str] = {
-    "total": "how many dots are there ?",
-    "red": "how many red dots are there ?",
-    "blue": "how many blue dots are there ?",
+    "count": "how many dots are there ?",
+    "plus": "how many dots plus one ?",
 }
-#: General: name the single shape's colour, kind or column.
+#: General: name the colour or the kind of one large shape.
 GENERAL_QUESTIONS: dict[str, str] = {
     "colour": "what color is the shape ?",
     "shape": "what shape is it ?",
-    "column": "where is the shape ?",
 }
 
 
@@ -61,8 +58,8 @@ def vocabulary() -> list[str]:
     words: list[str] = ["user", "assistant"]
     for text in (*MATH_QUESTIONS.values(), *GENERAL_QUESTIONS.values()):
         words += text.split()
-    words += [str(i) for i in range(10)]
-    words += [*COLOURS, *SHAPES, *COLUMNS]
+    words += [str(i) for i in range(11)]
+    words += [*COLOURS, *SHAPES]
     return list(dict.fromkeys(words))
 
 
@@ -81,35 +78,39 @@ def _cell_box(cell: int, margin: int, rng: random.Random) -> tuple[int, int, int
 
 
 def math_sample(rng: random.Random) -> Sample:
-    """Red and blue dots in distinct grid cells; ask for the total or one colour's count."""
-    total = rng.randint(1, GRID * GRID)
-    reds = rng.randint(0, total)
-    cells = rng.sample(range(GRID * GRID), total)
+    """1-9 dots of mixed colours in distinct grid cells; ask for the count or the count + 1."""
+    count = rng.randint(1, GRID * GRID)
     image, draw = _canvas()
-    for i, cell in enumerate(cells):
-        colour = COLOURS["red"] if i < reds else COLOURS["blue"]
+    for cell in rng.sample(range(GRID * GRID), count):
+        colour = COLOURS[rng.choice(tuple(COLOURS))]
         draw.ellipse(_cell_box(cell, rng.randint(3, 5), rng), fill=colour)
     kind = rng.choice(tuple(MATH_QUESTIONS))
-    answer = {"total": total, "red": reds, "blue": total - reds}[kind]
+    answer = count + (kind == "plus")
     return Sample("math", image, MATH_QUESTIONS[kind], str(answer))
 
 
 def general_sample(rng: random.Random) -> Sample:
-    """One coloured shape in one grid cell; ask for its colour, kind or column."""
+    """One large coloured shape near the centre; ask for its colour or its kind.
+
+    The shape spans most of the image, so its kind shows in how much of each patch it covers
+    (square > circle > triangle), a feature a small model picks up quickly.
+    """
     colour = rng.choice(tuple(COLOURS))
     shape = rng.choice(SHAPES)
-    cell = rng.randrange(GRID * GRID)
     image, draw = _canvas()
-    x0, y0, x1, y1 = _cell_box(cell, 2, rng)
+    size = rng.randint(34, 42)
+    x0 = (IMAGE_SIZE - size) // 2 + rng.randint(-2, 2)
+    y0 = (IMAGE_SIZE - size) // 2 + rng.randint(-2, 2)
+    x1, y1 = x0 + size, y0 + size
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif shape == "square":
-        draw.rectangle((x0 + 1, y0 + 1, x1 - 1, y1 - 1), fill=fill)
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
     else:
         draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
     kind = rng.choice(tuple(GENERAL_QUESTIONS))
-    answer = {"colour": colour, "shape": shape, "column": COLUMNS[cell % GRID]}[kind]
+    answer = {"colour": colour, "shape": shape}[kind]
     return Sample("general", image, GENERAL_QUESTIONS[kind], answer)
 
 

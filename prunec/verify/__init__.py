@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunec.verify._records import Record, prompt_inputs, read_records
+from prunec.data import Record, read_records
 from prunec.verify.evaluate import DomainEval, evaluate, normalize_answer, retention
-from prunec.verify.gates import GateReport, GateRow, check_gates, gate_data
+from prunec.verify.gates import GateReport, GateRow, check_gates
 
 __all__ = [
     "DomainEval",
@@ -18,9 +18,7 @@ __all__ = [
     "check_gates",
     "evaluate",
     "evaluate_domains",
-    "gate_data",
     "normalize_answer",
-    "prompt_inputs",
     "read_records",
     "retention",
 ]

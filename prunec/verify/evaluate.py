@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prunec.verify._records import Record, prompt_inputs
+from prunec.data import Record, encode, prompt_inputs
+from prunec.errors import BuildError
 
 
 @dataclass(frozen=True)
@@ -53,35 +54,19 @@ def _positions(mask: Any) -> Any:
 
 
 def _batch_nll(
-    model: Any, prompts: Sequence[Mapping[str, Any]], answers: Sequence[Any], pad_id: int
+    model: Any, processor: Any, records: Sequence[Record], max_length: int
 ) -> tuple[float, int]:
     """Summed answer-token NLL of a batch (teacher forcing) and the answer-token count."""
     import torch
 
-    joined, lengths = [], []
-    for inputs, ans in zip(prompts, answers, strict=True):
-        item = dict(inputs)
-        item["input_ids"] = torch.cat([inputs["input_ids"], ans[None]], dim=-1)
-        item["attention_mask"] = torch.ones_like(item["input_ids"])
-        for key, value in inputs.items():
-            if (
-                key not in ("input_ids", "attention_mask")
-                and value.shape == inputs["input_ids"].shape
-            ):
-                item[key] = torch.cat([value, torch.zeros_like(ans[None])], dim=-1)
-        joined.append(item)
-        lengths.append(int(ans.shape[-1]))
-    batch = _stack(joined, pad_id)
-    logits = model(
-        **batch, position_ids=_positions(batch["attention_mask"]), use_cache=False
-    ).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    total = 0.0
-    for row, n in enumerate(lengths):
-        targets = batch["input_ids"][row, -n:]
-        predicted = logprobs[row, -n - 1 : -1]
-        total -= float(predicted.gather(-1, targets[:, None]).sum())
-    return total, sum(lengths)
+    batch = encode(processor, records, max_length, with_answer=True)
+    answer_mask = batch.pop("answer_mask")
+    logits = model(**batch, use_cache=False).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = batch["input_ids"][:, 1:]
+    picked = logprobs.gather(-1, targets[..., None])[..., 0]
+    weights = answer_mask[:, 1:].to(picked.dtype)
+    return float(-(picked * weights).sum()), int(weights.sum())
 
 
 def _batch_greedy(
@@ -90,6 +75,7 @@ def _batch_greedy(
     pad_id: int,
     eos_ids: set[int],
     max_new_tokens: int,
+    banned: list[int],
 ) -> list[list[int]]:
     """Greedy continuations without a KV cache, so any in-memory layer surgery is safe."""
     import torch
@@ -109,7 +95,11 @@ def _batch_greedy(
             **extra_seq,
             **rest,
         ).logits
-        nxt = logits[:, -1].argmax(-1)
+        last = logits[:, -1].clone()
+        # A generated image placeholder would demand image features that do not exist (and is
+        # never an answer), so greedy decoding may not pick one.
+        last[:, banned] = -torch.inf
+        nxt = last.argmax(-1)
         for row, tok in enumerate(nxt.tolist()):
             if not done[row]:
                 if tok in eos_ids:
@@ -137,6 +127,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _image_token_ids(processor: Any) -> list[int]:
+    ids = {getattr(processor, attr, None) for attr in ("image_token_id", "image_token_index")}
+    return sorted(i for i in ids if isinstance(i, int))
+
+
 def normalize_answer(text: str) -> str:
     """The exact-match normal form: surrounding whitespace stripped, lower case."""
     return text.strip().lower()
@@ -149,12 +144,16 @@ def evaluate(
     *,
     max_new_tokens: int = 8,
     batch_size: int = 32,
+    max_length: int = 512,
 ) -> DomainEval:
     """Greedy exact-match accuracy and mean answer NLL of `model` on `records`."""
     import torch
 
     if not records:
         return DomainEval(n=0, accuracy=0.0, nll=math.nan)
+    missing = [r.where for r in records if r.answer is None]
+    if missing:
+        raise BuildError(f"evaluation records need an answer; none at {', '.join(missing[:3])}")
     tokenizer = getattr(processor, "tokenizer", processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = _eos_ids(model, tokenizer)
@@ -165,19 +164,15 @@ def evaluate(
         with torch.inference_mode():
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
-                prompts = [prompt_inputs(processor, r) for r in chunk]
-                answers = [
-                    torch.tensor(
-                        tokenizer(" " + r.answer.strip(), add_special_tokens=False)["input_ids"]
-                    )
-                    for r in chunk
-                ]
-                total, count = _batch_nll(model, prompts, answers, pad_id)
+                prompts = [prompt_inputs(processor, r, max_length) for r in chunk]
+                total, count = _batch_nll(model, processor, chunk, max_length)
                 nll_sum, nll_tokens = nll_sum + total, nll_tokens + count
-                outputs = _batch_greedy(model, prompts, pad_id, eos_ids, max_new_tokens)
+                outputs = _batch_greedy(
+                    model, prompts, pad_id, eos_ids, max_new_tokens, _image_token_ids(processor)
+                )
                 for rec, out in zip(chunk, outputs, strict=True):
                     text = tokenizer.decode(out, skip_special_tokens=True)
-                    correct += normalize_answer(text) == normalize_answer(rec.answer)
+                    correct += normalize_answer(text) == normalize_answer(rec.answer or "")
     finally:
         model.train(was_training)
     return DomainEval(

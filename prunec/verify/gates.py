@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from prunec.errors import BuildError, VerifyError
 from prunec.plan.model import Plan
@@ -115,19 +114,3 @@ def check_gates(
             )
         )
     return GateReport(rows=tuple(rows))
-
-
-def gate_data(plan: Plan) -> dict[str, Path]:
-    """Evaluation file per gated domain: the gate's own file, else the domain's `eval` file."""
-    out: dict[str, Path] = {}
-    for gate in plan.verify.gates:
-        path = gate.data
-        if path is None:
-            try:
-                path = plan.domain(gate.domain).eval
-            except KeyError:
-                path = None
-        if path is None:
-            raise BuildError(f"the `{gate.domain}` gate names no evaluation data")
-        out[gate.domain] = path
-    return out
