@@ -300,6 +300,8 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagno
         context = _context(accepts)
         if context == "the file":
             message = f"unknown statement `{token}`"
+        elif str(token) in _TOP_LEVEL and context is not None:
+            message = f"`{token}` starts a new block, but the {context} block is not closed"
         elif context is not None:
             message = f"unknown setting `{token}` in {context}"
         else:
