@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; resolved on first use so `import prunec` stays light.
 _LAZY = {
-    "parse": "prunec.api",
-    "load_spec": "prunec.api",
+    "parse": "prunec.syntax",
+    "load_spec": "prunec.syntax",
     "score": "prunec.api",
     "solve": "prunec.api",
     "emit": "prunec.api",

@@ -115,6 +115,15 @@ def test_every_construct_of_the_language() -> None:
     assert (target.opset, target.quantize, target.kv_cache) == (17, "int8", False)
 
 
+def test_package_level_api() -> None:
+    import prunec
+
+    assert prunec.parse(MINIMAL, filename="m.prune").model_dump() == parse(MINIMAL).model_dump()
+    assert prunec.load_spec is load_spec
+    with pytest.raises(prunec.SpecError):
+        prunec.parse("model")
+
+
 def test_trust_remote_code_is_opt_in_and_model_block_optional() -> None:
     assert parse(MINIMAL).model.trust_remote_code is False
     assert parse(MINIMAL).model.dtype == "auto"
