@@ -119,3 +119,30 @@ def test_failed_build_leaves_earlier_target_intact(tiny_model, tmp_path: Path) -
         raise KeyboardInterrupt
     assert (target / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no staging leftovers
+
+
+def _run_cli(*argv: str) -> int:
+    from prunec.cli import main
+
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_prunec_build_cli_writes_hf_target(tiny_model, tmp_path: Path) -> None:
+    model_dir = tiny_model("qwen2_vl")
+    spec = tmp_path / "tiny.prune"
+    body = 'model "{}" {{\n  dtype float32\n}}\n\nprune {{\n  remove {}\n}}\n\ntarget hf "out"\n'
+    spec.write_text(body.format(model_dir, "1, 4"))
+    assert _run_cli("build", str(spec), "--no-lock") == 0
+    out = tmp_path / "out"
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["num_hidden_layers"] == 4
+    assert config["text_config"]["max_window_layers"] == 3  # layers 0, 2, 3 were below 4
+    before = (out / MANIFEST).read_bytes()
+
+    spec.write_text(body.format(model_dir, "1, 9"))  # out of range: rejected, nothing replaced
+    assert _run_cli("build", str(spec), "--no-lock") != 0
+    assert (out / MANIFEST).read_bytes() == before
