@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from prunec.syntax.ast import Comment, Item, Setting, SpecFile, Tok
@@ -164,18 +165,19 @@ def _unit(line: int, col: int, end_line: int, text: str, indent: str) -> _Unit:
 def _attach(units: list[_Unit], comments: list[Comment]) -> list[Comment]:
     """Give each comment to a unit; returns the comments after the last statement."""
     ordered = sorted(units, key=lambda u: (u.line, u.col))
+    keys = [(u.line, u.col) for u in ordered]
     tail: list[Comment] = []
     for comment in comments:
         position = (comment.line, comment.col)
         if comment.own_line:
-            after = [u for u in ordered if (u.line, u.col) > position]
-            if after:
-                after[0].leading.append(comment)
+            after = bisect.bisect_right(keys, position)
+            if after < len(ordered):
+                ordered[after].leading.append(comment)
             else:
                 tail.append(comment)
             continue
-        before = [u for u in ordered if (u.line, u.col) < position]
-        owner = before[-1]
+        # A comment after code always has a statement (or brace) before it on its line.
+        owner = ordered[bisect.bisect_left(keys, position) - 1]
         if owner.trailing is None:
             owner.trailing = comment
         else:
