@@ -227,15 +227,62 @@ def _right_padding(processor: Any) -> Iterator[None]:
 def _run_processor(processor: Any, texts: list[str], records: Sequence[Record]) -> dict[str, Any]:
     if not _is_multimodal(processor):
         return dict(processor(texts, padding=True, return_tensors="pt"))
+    if len(texts) == 1:
+        return _process_one(processor, texts[0], records[0])
     images = [[load_image(r)] if r.image is not None else [] for r in records]
-    kwargs: dict[str, Any] = {"text": texts if len(texts) > 1 else texts[0]}
+    kwargs: dict[str, Any] = {"text": texts, "padding": True}
     if any(images):
-        flat = [img for group in images for img in group]
-        kwargs["images"] = images if len(images) > 1 else flat
-    if len(texts) > 1:
-        kwargs["padding"] = True
-    out = dict(processor(**kwargs, return_tensors="pt"))
+        kwargs["images"] = images
+    try:
+        out = dict(processor(**kwargs, return_tensors="pt"))
+    except TypeError:  # a processor that cannot batch: encode one by one, pad ourselves
+        return _pad_and_stack(
+            processor, [_process_one(processor, t, r) for t, r in zip(texts, records, strict=True)]
+        )
     out.pop("labels", None)  # PaliGemma adds labels for training; forward would compute a loss
+    return out
+
+
+def _process_one(processor: Any, text: str, record: Record) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"text": text}
+    if record.image is not None:
+        kwargs["images"] = load_image(record)
+    out = dict(processor(**kwargs, return_tensors="pt"))
+    out.pop("labels", None)
+    return out
+
+
+def _pad_and_stack(processor: Any, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Right-pad per-sample sequence tensors [1, S_i] and concatenate everything on dim 0.
+
+    Image tensors (pixel values, grids) concatenate as the model's own batched processor
+    would: one image after another.
+    """
+    import torch
+
+    pad_id = getattr(_tokenizer(processor), "pad_token_id", None) or 0
+    width = max(int(p["input_ids"].shape[1]) for p in parts)
+    out: dict[str, Any] = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts if key in p]
+        if len(values) != len(parts) and key != "pixel_values" and "image" not in key:
+            raise BuildError(f"cannot batch `{key}`: only some samples have it")
+        is_sequence = (
+            all(
+                isinstance(v, torch.Tensor)
+                and v.dim() == 2
+                and v.shape[1] == p["input_ids"].shape[1]
+                for v, p in zip(values, parts, strict=False)
+            )
+            and len(values) == len(parts)
+            and key != "image_grid_thw"
+        )
+        if is_sequence:
+            fill = pad_id if key == "input_ids" else 0
+            values = [
+                torch.nn.functional.pad(v, (0, width - v.shape[1]), value=fill) for v in values
+            ]
+        out[key] = torch.cat(values, dim=0)
     return out
 
 

@@ -149,3 +149,27 @@ def test_image_record_for_text_model_is_an_error(llama_tokenizer, images):
     path = write(images / "v.jsonl", [json.dumps({"image": "img/1.png", "text": "a"})])
     with pytest.raises(BuildError, match="text only"):
         encode(llama_tokenizer, read_records(path), 64)
+
+
+def test_processor_without_batching_is_padded_per_sample(tiny_model, images):
+    """Qwen2-VL's test processor cannot batch: samples are encoded one by one and padded."""
+    from tiny_models import load_processor, sample_image
+
+    processor = load_processor("qwen2_vl", tiny_model("qwen2_vl", num_layers=2))
+    sample_image(32, seed=2).save(images / "img" / "2.png")
+    path = write(
+        images / "q.jsonl",
+        [
+            json.dumps({"image": "img/1.png", "text": "how many dots are there ?"}),
+            json.dumps({"image": "img/2.png", "text": "red"}),
+        ],
+    )
+    records = read_records(path)
+    batch = encode(processor, records, 512)
+    singles = [encode(processor, [r], 512) for r in records]
+    assert batch["image_grid_thw"].shape[0] == 2
+    for row, single in enumerate(singles):
+        length = single["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"][row, :length], single["input_ids"][0])
+        assert int(batch["attention_mask"][row].sum()) == length
+        assert torch.equal(batch["mm_token_type_ids"][row, :length], single["mm_token_type_ids"][0])

@@ -217,3 +217,13 @@ def test_selection_json_round_trip():
     again = Selection.from_json(json.loads(json.dumps(sel.to_json())))
     assert again == sel
     assert sel.removed == (0, 2)  # moderate regime: auto spacing splits the run (0, 1)
+
+
+def test_last_token_scope_uses_last_token_statistics():
+    stats = DomainStats(cos_all=(0.1, 0.9, 0.5, 0.2), cos_last=(0.9, 0.1, 0.5, 0.2))
+    scores = LayerScores(num_layers=4, domains={"d": stats})
+    assert solve(Constraints(4, 1, strategy="domain"), scores).removed == (1,)
+    assert solve(Constraints(4, 1, strategy="domain", tokens="last"), scores).removed == (0,)
+    minimal = scores_for({"d": [0.1, 0.2, 0.3, 0.4]})
+    with pytest.raises(SpecError, match="last-token statistics"):
+        solve(Constraints(4, 1, strategy="domain", tokens="last"), minimal)

@@ -191,3 +191,16 @@ def test_collector_needs_every_layer(llama):
     }
     with pytest.raises(BuildError, match="did not run"):
         collect_scores(llama.model, [*layers, extra], iter([Batch("d", (), inputs)]), ["d"], 1)
+
+
+def test_data_problems_of_every_domain_at_once(llama, tmp_path):
+    plan = make_plan(llama.source_dir, tmp_path)
+    plan.domains[0].data.write_text('{"text": "ok"}\n{"oops": 1}\n')
+    plan.domains[1].data.write_text("")
+    from prunec.errors import SpecError
+
+    calls = count_forwards(llama.model)
+    with pytest.raises(SpecError) as err:
+        score(plan, llama, cache_dir=tmp_path / "cache")
+    files = {Path(d.span.file).name for d in err.value.diagnostics if d.span}
+    assert files == {"math.jsonl", "general.jsonl"} and calls[0] == 0

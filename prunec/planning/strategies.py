@@ -146,6 +146,14 @@ def _weights(c: Constraints, scores: LayerScores) -> Mapping[str, float] | None:
     return c.weights
 
 
+def _combined(c: Constraints, scores: LayerScores) -> tuple[float, ...]:
+    """The weighted domain importance for the spec's token scope."""
+    try:
+        return scores.combined(_weights(c, scores), c.tokens)
+    except ValueError as err:
+        raise _missing_scores(c, f"last-token statistics ({err})") from err
+
+
 def _scored(
     c: Constraints, importance: Sequence[float], ranking: str, spacing_weight: float
 ) -> Selection:
@@ -192,7 +200,7 @@ def _selection(
 def domain_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """The paper's domain-aware activation similarity: sum_d w_d (1 - mean cos_d)."""
     s = _needs_scores(c, scores, "calibration scores")
-    return _scored(c, s.combined(_weights(c, s), c.tokens), "domain", c.spacing_weight or 0.0)
+    return _scored(c, _combined(c, s), "domain", c.spacing_weight or 0.0)
 
 
 @register("auto")
@@ -200,14 +208,18 @@ def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """The domain ranking, with the spacing term weighted by regime (AUTO_SPACING)."""
     s = _needs_scores(c, scores, "calibration scores")
     weight = c.spacing_weight if c.spacing_weight is not None else AUTO_SPACING[c.regime]
-    return _scored(c, s.combined(_weights(c, s), c.tokens), "domain", weight)
+    return _scored(c, _combined(c, s), "domain", weight)
 
 
 @register("bi")
 def block_influence_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """ShortGPT Block Influence: 1 - cos with all calibration tokens pooled."""
     s = _needs_scores(c, scores, "calibration scores")
-    return _scored(c, s.pooled(c.tokens), "bi", c.spacing_weight or 0.0)
+    try:
+        pooled = s.pooled(c.tokens)
+    except ValueError as err:
+        raise _missing_scores(c, f"last-token statistics ({err})") from err
+    return _scored(c, pooled, "bi", c.spacing_weight or 0.0)
 
 
 @register("last")
@@ -299,6 +311,6 @@ def manual_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     importance: Sequence[float] = [0.0] * c.num_layers
     value = 0.0
     if scores is not None:
-        importance = scores.combined(_weights(c, scores), c.tokens)
+        importance = _combined(c, scores)
         value = objective(importance, removed, 0.0)
     return _selection(c, removed, "manual", value, importance, 0.0)

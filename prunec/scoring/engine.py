@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from prunec.data import Record, encode, read_records
-from prunec.errors import BuildError
+from prunec.errors import BuildError, SourceMap, SpecError
 from prunec.plan.model import Plan
 from prunec.scoring.cache import (
     SCORING_VERSION,
@@ -238,16 +238,51 @@ def collect_scores(
         for batch in batches:
             progress.update(task, description=batch.domain)
             collector.begin(batch.inputs["attention_mask"])
-            model(**model_inputs(model, batch.inputs), **extra)
+            try:
+                model(**model_inputs(model, batch.inputs), **extra)
+            except (RuntimeError, ValueError, IndexError, TypeError) as err:
+                where = batch.records[0].where if batch.records else batch.domain
+                raise BuildError(
+                    f"forward pass failed on the batch starting at {where} "
+                    f"(domain `{batch.domain}`): {type(err).__name__}: {err}"
+                ) from err
             collector.end(totals[batch.domain])
             progress.advance(task, len(batch.records))
     return {name: totals[name].stats() for name in domains}
 
 
+def read_all_records(plan: Plan) -> dict[str, list[Record]]:
+    """Every domain's calibration records; one SpecError with the problems of all files."""
+    records: dict[str, list[Record]] = {}
+    errors: list[SpecError] = []
+    for domain in plan.domains:
+        try:
+            records[domain.name] = read_records(domain.data, domain.samples, domain.seed)
+        except SpecError as err:
+            errors.append(err)
+    if errors:
+        sources = SourceMap({k: v for e in errors for k, v in e.sources.texts.items()})
+        raise SpecError([d for e in errors for d in e.diagnostics], sources)
+    return records
+
+
+def _hub_snapshot(plan: Plan) -> Path | None:
+    """The local hub-cache snapshot of a hub model, if already downloaded (no network)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(
+            plan.model.source, revision=plan.model.revision, local_files_only=True
+        )
+    except Exception:  # not cached, or not a valid hub id: fingerprint after loading
+        return None
+    return Path(path)
+
+
 def _model_fp(plan: Plan, loaded: LoadedModel | None, memo: Path) -> str | None:
     source = loaded.source_dir if loaded is not None else None
-    if source is None and plan.model.local:
-        source = Path(plan.model.source)
+    if source is None:
+        source = Path(plan.model.source) if plan.model.local else _hub_snapshot(plan)
     if source is not None and Path(source).is_dir():
         return model_fingerprint(Path(source), memo)
     return state_dict_fingerprint(loaded.model) if loaded is not None else None
@@ -276,7 +311,7 @@ def score(
     if not plan.domains:
         raise BuildError("scoring needs at least one calibration domain")
     cache = ScoreCache(cache_dir)
-    records = {d.name: read_records(d.data, d.samples, d.seed) for d in plan.domains}
+    records = read_all_records(plan)
     fingerprints = {
         f"data.{d.name}": data_fingerprint(
             d.data,
