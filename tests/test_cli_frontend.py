@@ -60,6 +60,23 @@ def test_check_reports_errors_and_exit_2(
     assert "Traceback" not in err
 
 
+def test_check_json_and_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "good.prune").write_text(GOOD)
+    (tmp_path / "nested" / "bad.prune").write_text(BAD)
+    code, out, _ = run_cli(["check", "--json", str(tmp_path)], capsys)
+    report = json.loads(out)
+    assert code == ExitCode.SPEC
+    assert [(Path(r["file"]).name, r["ok"]) for r in report] == [
+        ("good.prune", True),
+        ("bad.prune", False),
+    ]
+    (error,) = report[1]["diagnostics"]
+    assert (error["code"], error["line"], error["col"], error["end_col"]) == ("E102", 3, 3, 10)
+    assert error["help"] == "did you mean `budget`?"
+    assert report[0]["diagnostics"][0]["severity"] == "warning"
+
+
 def test_check_missing_data_is_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,6 +85,7 @@ def test_check_missing_data_is_a_warning(
     code, out, err = run_cli(["check", str(spec)], capsys)
     assert code == ExitCode.OK and out == f"ok  {spec}\n"
     assert "warning[W301]: data file `a.jsonl` does not exist yet" in err
+    assert run_cli(["check", "-q", str(spec)], capsys) == (ExitCode.OK, f"ok  {spec}\n", "")
 
 
 def test_check_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

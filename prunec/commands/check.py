@@ -2,44 +2,82 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
-from prunec.errors import ExitCode, SpecError, format_diagnostics
+from prunec.errors import Diagnostic, ExitCode, SourceMap, SpecError, format_diagnostics
 from prunec.syntax import Analysis, check_file
 
 
-def _check_one(path: Path) -> Analysis | SpecError:
+def spec_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Each path as given; a directory stands for every `*.prune` file under it, sorted."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(path.rglob("*.prune"))
+        else:
+            yield path
+
+
+def _check_one(path: Path) -> Analysis:
     try:
         return check_file(path)
     except SpecError as err:  # the file could not be read at all
-        return err
+        return Analysis(None, err.diagnostics, SourceMap())
+
+
+def _diagnostic_json(diag: Diagnostic) -> dict[str, Any]:
+    span = diag.span
+    where = (
+        {"line": span.line, "col": span.col, "end_line": span.end_line, "end_col": span.end_col}
+        if span is not None
+        else {}
+    )
+    return {
+        "code": diag.code,
+        "severity": diag.severity,
+        "message": diag.message,
+        **where,
+        "expected": diag.expected,
+        "help": diag.help,
+        "notes": list(diag.notes),
+    }
 
 
 @click.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Show errors only, not warnings.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def command(ctx: click.Context, files: tuple[Path, ...]) -> None:
+def command(ctx: click.Context, as_json: bool, quiet: bool, files: tuple[Path, ...]) -> None:
     """Validate spec FILES: syntax, meaning, and layer counts of local models.
 
-    Prints `ok  FILE` for each valid file; exits 2 when any file has an error. Data files
-    that do not exist yet are reported as warnings only.
+    Prints `ok  FILE` for each valid file; exits 2 when any file has an error. A directory
+    means every `*.prune` file under it. Data files that do not exist yet are reported as
+    warnings only.
     """
+    paths = list(spec_files(files))
     invalid = 0
-    for path in files:
+    report = []
+    for path in paths:
         result = _check_one(path)
-        if isinstance(result, SpecError):
-            click.echo(result.render(), err=True)
-            invalid += 1
+        if quiet:
+            result = result._replace(diagnostics=result.errors)
+        invalid += bool(result.errors)
+        if as_json:
+            diagnostics = [_diagnostic_json(d) for d in result.diagnostics]
+            report.append({"file": str(path), "ok": not result.errors, "diagnostics": diagnostics})
             continue
         if result.diagnostics:
             click.echo(format_diagnostics(result.diagnostics, result.sources), err=True)
-        if result.errors:
-            invalid += 1
-        else:
+        if not result.errors:
             click.echo(f"ok  {path}")
-    if len(files) > 1 and invalid:
-        click.echo(f"{invalid} of {len(files)} files have errors", err=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif len(paths) > 1 and invalid:
+        click.echo(f"{invalid} of {len(paths)} files have errors", err=True)
     if invalid:
         ctx.exit(int(ExitCode.SPEC))

@@ -57,9 +57,11 @@ def command(ctx: click.Context, check_only: bool, show_diff: bool, files: tuple[
     FILE `-` reads standard input and writes the formatted text to standard output (for
     editors); with --check it only sets the exit status.
     """
+    from prunec.commands.check import spec_files
+
     check_only = check_only or show_diff
     invalid = changed = 0
-    for path in files:
+    for path in spec_files(files):
         try:
             if str(path) == "-":
                 changed += _format_stdin(check_only)
