@@ -16,7 +16,7 @@ def build_config(
     bos_token_id: int,
     eos_token_id: int,
     num_layers: int = 16,
-    hidden_size: int = 128,
+    hidden_size: int = 64,
     vision_hidden_size: int = 64,
     vision_layers: int = 2,
 ) -> Any:

@@ -53,13 +53,11 @@ def _positions(mask: Any) -> Any:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _batch_nll(
-    model: Any, processor: Any, records: Sequence[Record], max_length: int
-) -> tuple[float, int]:
-    """Summed answer-token NLL of a batch (teacher forcing) and the answer-token count."""
+def _batch_nll(model: Any, batch: Mapping[str, Any]) -> tuple[float, int]:
+    """Summed answer-token NLL of an `encode(..., with_answer=True)` batch and its token count."""
     import torch
 
-    batch = encode(processor, records, max_length, with_answer=True)
+    batch = dict(batch)
     answer_mask = batch.pop("answer_mask")
     logits = model(**batch, use_cache=False).logits
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -145,8 +143,13 @@ def evaluate(
     max_new_tokens: int = 8,
     batch_size: int = 32,
     max_length: int = 512,
+    cache: dict[Any, Any] | None = None,
 ) -> DomainEval:
-    """Greedy exact-match accuracy and mean answer NLL of `model` on `records`."""
+    """Greedy exact-match accuracy and mean answer NLL of `model` on `records`.
+
+    cache: a dict to keep the processed inputs in, so evaluating several pruned variants of
+    one model on the same records (a sweep) runs the processor only once.
+    """
     import torch
 
     if not records:
@@ -157,6 +160,7 @@ def evaluate(
     tokenizer = getattr(processor, "tokenizer", processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = _eos_ids(model, tokenizer)
+    cache = {} if cache is None else cache
     correct, nll_sum, nll_tokens = 0, 0.0, 0
     was_training = model.training
     model.eval()
@@ -164,8 +168,15 @@ def evaluate(
         with torch.inference_mode():
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
-                prompts = [prompt_inputs(processor, r, max_length) for r in chunk]
-                total, count = _batch_nll(model, processor, chunk, max_length)
+                key = ("batch", max_length, tuple(chunk))
+                if key not in cache:
+                    cache[key] = encode(processor, chunk, max_length, with_answer=True)
+                prompts = []
+                for rec in chunk:
+                    if ("prompt", max_length, rec) not in cache:
+                        cache["prompt", max_length, rec] = prompt_inputs(processor, rec, max_length)
+                    prompts.append(cache["prompt", max_length, rec])
+                total, count = _batch_nll(model, cache[key])
                 nll_sum, nll_tokens = nll_sum + total, nll_tokens + count
                 outputs = _batch_greedy(
                     model, prompts, pad_id, eos_ids, max_new_tokens, _image_token_ids(processor)

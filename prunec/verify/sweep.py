@@ -127,7 +127,10 @@ def run_sweep(
     model, processor = loaded.model, loaded.processor
     num_layers = int(loaded.num_layers)
     base = Constraints.from_plan(plan, num_layers)
-    original = {d: evaluate(model, processor, recs) for d, recs in records.items()}
+    inputs_cache: dict[Any, Any] = {}
+    original = {
+        d: evaluate(model, processor, recs, cache=inputs_cache) for d, recs in records.items()
+    }
     done_sets: dict[tuple[int, ...], dict[str, DomainEval]] = {(): original}
     rows: list[SweepRow] = []
     total = len(budgets) * len(strategies)
@@ -142,7 +145,8 @@ def run_sweep(
             if removed not in done_sets:
                 with skip_layers(model, removed):
                     done_sets[removed] = {
-                        d: evaluate(model, processor, recs) for d, recs in records.items()
+                        d: evaluate(model, processor, recs, cache=inputs_cache)
+                        for d, recs in records.items()
                     }
             for domain, result in done_sets[removed].items():
                 kept = retention(original[domain], result)
