@@ -61,6 +61,7 @@ _HOME_BLOCK: dict[str, str] = {
 
 
 _TOP_LEVEL = ("model", "domain", "prune", "verify", "target")
+_BLOCKS = tuple(word.upper() for word in _TOP_LEVEL)
 
 
 class _AlwaysName:
@@ -289,9 +290,15 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagno
         isinstance(err, UnexpectedToken) and err.token.type == "$END"
     ):
         message = "unexpected end of file"
-        if "RBRACE" in accepts:
+        notes: tuple[str, ...] = ()
+        opened = _open_block(err)
+        if opened is not None:
+            keyword, brace = opened
+            message += f"; the `{keyword}` block is not closed"
+            notes = (f"the block opens at line {brace.line}, column {brace.column}",)
+        elif "RBRACE" in accepts:
             message += "; a `{` block is not closed"
-        return Diagnostic("E104", message, _eof_span(text, filename), expected)
+        return Diagnostic("E104", message, _eof_span(text, filename), expected, notes=notes)
     assert isinstance(err, UnexpectedToken)
     token = err.token
     span = _token_span(token, filename)
@@ -330,6 +337,25 @@ def _token_help(token: Token, accepts: set[str]) -> str | None:
             return 'paths and model ids are written in double quotes: `"..."`'
     if token.type == "STRING" and "NAME" in accepts:
         return f"write it without quotes: `{text[1:-1]}`"
+    return None
+
+
+def _open_block(err: UnexpectedInput) -> tuple[str, Token] | None:
+    """The keyword and `{` of the innermost block still open when the input ended."""
+    interactive = getattr(err, "interactive_parser", None)
+    if interactive is None:
+        return None
+    stack = list(interactive.parser_state.value_stack)
+    for index in range(len(stack) - 1, -1, -1):
+        value = stack[index]
+        if isinstance(value, Token) and value.type == "LBRACE":
+            keyword = next(
+                (v for v in reversed(stack[:index]) if isinstance(v, Token) and v.type in _BLOCKS),
+                None,
+            )
+            return (str(keyword) if keyword is not None else "{", value)
+        if isinstance(value, Token) and value.type == "RBRACE":
+            return None
     return None
 
 
