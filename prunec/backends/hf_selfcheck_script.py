@@ -10,6 +10,7 @@ file with `cases` (a list of {"inputs": dict, "logits": tensor}), `class_name`, 
 import json
 import sys
 import time
+from typing import Any
 
 
 def _model_class(name, is_vlm, trust):
@@ -36,7 +37,7 @@ def main(checkpoint, payload_path, result_path):
     cls, extra = _model_class(payload["class_name"], payload["is_vlm"], payload["trust"])
     model, info = cls.from_pretrained(checkpoint, output_loading_info=True, **extra)
     model.eval()
-    result = {
+    result: dict[str, Any] = {
         "missing_keys": sorted(info.get("missing_keys", [])),
         "unexpected_keys": sorted(info.get("unexpected_keys", [])),
         "mismatched_keys": [str(k) for k in info.get("mismatched_keys", [])],
