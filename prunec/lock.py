@@ -34,10 +34,35 @@ def lock_path_for(plan: Plan) -> Path:
     return plan.spec_path.with_name(plan.spec_path.name + ".lock")
 
 
-def spec_fingerprint(plan: Plan) -> str:
-    """Digest of what the spec means: the validated plan without its text, path and spans."""
+def spec_settings(plan: Plan) -> dict[str, Any]:
+    """What the spec means, flattened to dotted keys ("prune.max_run": 2, "domains.0.weight").
+
+    Text, comments and spans do not count; absolute paths are written relative to the spec's
+    directory so a moved checkout still matches its lock.
+    """
     meaning = plan.model_dump(mode="json", exclude={"spec_text", "spec_path"})
-    text = json.dumps(meaning, sort_keys=True, separators=(",", ":"))
+    base = plan.spec_path.parent if plan.spec_path is not None else None
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for index, item in enumerate(value):
+                walk(f"{prefix}.{index}", item)
+        else:
+            if base is not None and isinstance(value, str) and os.path.isabs(value):
+                value = os.path.relpath(value, base)
+            flat[prefix] = value
+
+    walk("", meaning)
+    return flat
+
+
+def spec_fingerprint(plan: Plan) -> str:
+    """Digest of `spec_settings(plan)`."""
+    text = json.dumps(spec_settings(plan), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -76,6 +101,7 @@ def lock_data(
     }
     return {
         "lock_version": LOCK_VERSION,
+        "spec": spec_settings(plan),
         "inputs": {
             "spec": spec_fingerprint(plan),
             "model": _model_fingerprint(loaded, scores),
@@ -146,9 +172,10 @@ def lock_differences(locked: dict[str, Any], current: dict[str, Any]) -> list[st
     """Human-readable differences in the compared parts (inputs and selected layers)."""
     changes: list[str] = []
     was, now = locked.get("inputs", {}), current["inputs"]
-    for key, label in (("spec", "the spec"), ("model", "the model weights or config")):
-        if was.get(key) != now[key]:
-            changes.append(f"{label} changed")
+    if was.get("spec") != now["spec"]:
+        changes.extend(_spec_changes(locked.get("spec", {}), current["spec"]))
+    if was.get("model") != now["model"]:
+        changes.append("the model weights or config changed")
     old_data, new_data = was.get("data", {}), now["data"]
     for name in sorted(set(old_data) | set(new_data)):
         if name not in new_data:
@@ -164,6 +191,13 @@ def lock_differences(locked: dict[str, Any], current: dict[str, Any]) -> list[st
     if old_removed != new_removed:
         changes.append(f"selected layers changed: {old_removed} -> {new_removed}")
     return changes
+
+
+def _spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not keys:
+        return ["the spec changed"]
+    return [f"spec: {k} changed: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
 def check_lock(

@@ -72,7 +72,7 @@ def test_check_lists_every_change(tmp_path):
         check_lock(path, changed_plan, None, changed_scores, solve(changed_plan, changed_scores, 6))
     message = str(err.value)
     for part in (
-        "the spec changed",
+        "spec: prune.budget.layers changed: 2 -> 3",
         "model weights",
         "calibration data of `math`",
         "selected layers",
