@@ -191,3 +191,35 @@ def test_load_model_fields(tiny_model) -> None:
     assert type(loaded.processor).__name__ == "LlavaProcessor"
     assert not loaded.model.training
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+def test_unknown_vlm_fallback_picks_the_language_stack(tmp_path: Path) -> None:
+    from tiny_models import _siglip_vision, _text
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    config = LlavaOnevisionConfig(
+        vision_config=_siglip_vision(),
+        text_config=_text(
+            "qwen2", 4, use_sliding_window=True, sliding_window=4, max_window_layers=2
+        ).to_dict(),
+        image_token_index=4,
+        image_grid_pinpoints=[[32, 32]],
+    )
+    assert arch_entry(config.model_type) is None
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    stack = locate_decoder(model)
+    assert not stack.known and stack.path == "model.language_model.layers"
+    ids = torch.tensor([[2, *range(10, 20)]])
+    with skip_layers(model, [1]):
+        reference = _logits(model, {"input_ids": ids})
+    remove_layers(model, [1])
+    text = model.config.text_config
+    assert text.num_hidden_layers == 3 and text.max_window_layers == 1
+    assert text.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    model.save_pretrained(tmp_path)
+    reloaded, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(_logits(reloaded.eval(), {"input_ids": ids}), reference)
