@@ -223,3 +223,10 @@ def test_unknown_vlm_fallback_picks_the_language_stack(tmp_path: Path) -> None:
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     torch.testing.assert_close(_logits(reloaded.eval(), {"input_ids": ids}), reference)
+
+
+@pytest.mark.slow
+def test_unreachable_hub_is_a_build_error() -> None:
+    # Slow: huggingface_hub retries the connection for ~30 s before giving up.
+    with pytest.raises(BuildError, match="is the hub reachable"):
+        load_model(ModelSpec(source="prunec-tests/no-such-model"))
