@@ -3,9 +3,10 @@
 The pipeline, each stage a public function (heavy imports happen inside the stages):
 
     parse(text) / load_spec(path) -> Plan          front end (no torch)
-    score(plan) -> LayerScores                     calibration forward passes
+    load_model(plan.model) -> LoadedModel          transformers from_pretrained
+    score(plan, loaded) -> LayerScores             calibration forward passes
     solve(plan_or_constraints, scores) -> Selection exact layer selection
-    emit(plan, model, selection) -> artifacts      HF checkpoint / ONNX graphs
+    emit(plan, loaded, selection) -> targets       HF checkpoint / ONNX graphs, self-checked
     build(path) -> BuildResult                      all of the above + verify + lockfile
 """
 
@@ -20,10 +21,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "parse": "prunec.syntax",
     "load_spec": "prunec.syntax",
-    "score": "prunec.api",
-    "solve": "prunec.api",
-    "emit": "prunec.api",
-    "build": "prunec.api",
+    "load_model": "prunec.arch.loading",
+    "score": "prunec.scoring",
+    "solve": "prunec.planning",
+    "emit": "prunec.build",
+    "build": "prunec.build",
     "Plan": "prunec.plan.model",
     "PrunecError": "prunec.errors",
     "SpecError": "prunec.errors",

@@ -204,6 +204,57 @@ def emit_target(
     return emit_onnx(loaded.model, loaded.processor, staged, target=target, sample_inputs=samples)
 
 
+def ensure_pruned(loaded: LoadedModel, selection: Selection) -> None:
+    """Apply the selection's surgery to `loaded.model` unless it is already applied."""
+    from prunec.arch import locate_decoder, remove_layers
+
+    current = len(locate_decoder(loaded.model).layers)
+    if current == len(selection.kept):
+        return
+    if current != loaded.num_layers:
+        raise BuildError(
+            f"the model has {current} decoder layers: neither the original "
+            f"{loaded.num_layers} nor the selection's {len(selection.kept)}"
+        )
+    remove_layers(loaded.model, list(selection.removed))
+
+
+def emit(
+    plan: Plan,
+    loaded: LoadedModel,
+    selection: Selection,
+    *,
+    scores: LayerScores | None = None,
+    samples: list[dict[str, Any]] | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[TargetResult, ...]:
+    """Write, self-check and publish every target of `plan` for the pruned model.
+
+    Applies the selection's surgery first if the model still has all its layers. Each target
+    is staged beside its final path; targets are published only after all of them passed,
+    so a failure leaves every earlier artifact untouched.
+    """
+    from prunec.backends.atomic import publish, staging_directory
+
+    ensure_pruned(loaded, selection)
+    if samples is None:
+        needs_samples = any(t.kind == "onnx" for t in plan.targets)
+        samples = calibration_inputs(plan, loaded) if needs_samples else []
+    results: list[TargetResult] = []
+    with ExitStack() as stack:
+        staged_dirs = []
+        for target in plan.targets:
+            staged = stack.enter_context(staging_directory(target.path))
+            report = emit_target(target, loaded, selection, staged, plan, samples, scores)
+            staged_dirs.append((staged, target))
+            results.append(TargetResult(target, report))
+            _say(reporter, f"emitted {target.kind} target (staged, self-checked)")
+        for staged, target in staged_dirs:
+            publish(staged, target.path)
+            _say(reporter, f"published {target.path}")
+    return tuple(results)
+
+
 def build(
     spec: str | Path | Plan,
     *,
@@ -258,9 +309,7 @@ def build(
         calibration_inputs(plan, loaded) if any(t.kind == "onnx" for t in plan.targets) else []
     )
 
-    from prunec.arch import remove_layers
-
-    remove_layers(loaded.model, list(selection.removed))
+    ensure_pruned(loaded, selection)
 
     gates = None
     if plan.verify.gates:
@@ -273,22 +322,8 @@ def build(
         if not gates.passed:
             raise VerifyError("a verify gate failed; no target was published", gates.render())
 
-    from prunec.backends.atomic import publish, staging_directory
-
-    results: list[TargetResult] = []
-    with ExitStack() as stack:
-        staged_dirs = []
-        for target in plan.targets:
-            tick = time.perf_counter()
-            staged = stack.enter_context(staging_directory(target.path))
-            report = emit_target(target, loaded, selection, staged, plan, samples, scores)
-            timings[f"emit_{target.kind}"] = time.perf_counter() - tick
-            staged_dirs.append((staged, target))
-            results.append(TargetResult(target, report))
-            _say(reporter, f"emitted {target.kind} target (staged, self-checked)")
-        for staged, target in staged_dirs:
-            publish(staged, target.path)
-            _say(reporter, f"published {target.path}")
+    results = emit(plan, loaded, selection, scores=scores, samples=samples, reporter=reporter)
+    timings.update({f"emit_{r.target.kind}": getattr(r.report, "seconds", 0.0) for r in results})
 
     written = None
     if write_lock:
@@ -306,4 +341,4 @@ def build(
     )
 
 
-__all__ = ["BuildError", "BuildResult", "TargetResult", "build", "preflight"]
+__all__ = ["BuildResult", "TargetResult", "build", "emit", "ensure_pruned", "preflight"]
