@@ -139,8 +139,8 @@ def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model
         onnx.checker.check_model(str(art.directory / graph.file))
     decoder = manifest.graphs["decoder"]
     names = [t.name for t in decoder.inputs]
-    assert names[:3] == ["inputs_embeds", "attention_mask", "position_ids"]
-    assert len(names) == 3 + 2 * manifest.num_layers == 3 + 2 * 3
+    assert names[:4] == ["inputs_embeds", "attention_mask", "position_ids", "logits_indices"]
+    assert len(names) == 4 + 2 * manifest.num_layers == 4 + 2 * 3
     assert decoder.inputs[1].shape == ("batch", "total_sequence_length")
     assert decoder.outputs[1].shape[1:] == (
         manifest.num_kv_heads,
@@ -258,6 +258,7 @@ def test_kv_cache_off_matches_generate(artifact: Callable[..., Artifact]) -> Non
         "inputs_embeds",
         "attention_mask",
         "position_ids",
+        "logits_indices",
     ]
     assert _run_cli(art.directory) == _torch_tokens(art, _hf_prompt(art, with_image=False))
 

@@ -70,12 +70,20 @@ class OnnxGenerator:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: list[np.ndarray] | None = None,
+        logits_indices: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decoder call: logits [batch, seq, vocab] and the new cache (empty without KV)."""
+        """One decoder call: logits [batch, len(logits_indices), vocab] and the new cache.
+
+        logits_indices: positions of this call's tokens to project onto the vocabulary
+        (None = all of them). The cache is empty without KV.
+        """
+        seq = inputs_embeds.shape[1]
+        keep = np.arange(seq) if logits_indices is None else np.asarray(logits_indices)
         feed: dict[str, np.ndarray] = {
             "inputs_embeds": inputs_embeds.astype(np.float32),
             "attention_mask": attention_mask.astype(np.int64),
             "position_ids": position_ids.astype(np.int64),
+            "logits_indices": keep.astype(np.int64).reshape(-1),
         }
         if self.manifest.kv_cache:
             past = past if past is not None else self.empty_past(inputs_embeds.shape[0])
@@ -124,7 +132,8 @@ class OnnxGenerator:
         prefill_s = 0.0
         while len(tokens) < max_new_tokens:
             mask = np.ones((1, total), np.int64)
-            logits, present = self.decode(step_in, mask, positions, past)
+            last = np.array([step_in.shape[1] - 1], np.int64)
+            logits, present = self.decode(step_in, mask, positions, past, last)
             if not tokens:
                 prefill_s = time.perf_counter() - t0
             token = int(np.argmax(logits[0, -1]))

@@ -7,8 +7,9 @@ Layout of an artifact directory (documented for users in docs/onnx.md):
   processor produces -> image_features [num_images, tokens, hidden], already projected into
   the text embedding space. The runner writes them over the image placeholder tokens.
 - `decoder_model_merged.onnx`: inputs_embeds, attention_mask [batch, total_sequence_length],
-  position_ids [batch, sequence_length] and `past_key_values.{i}.key|value` ->
-  logits and `present.{i}.key|value`. One graph for prefill (zero-length past) and decode;
+  position_ids [batch, sequence_length], logits_indices [num_logits] (which of this call's
+  positions get logits; generation asks only for the last) and `past_key_values.{i}.key|value`
+  -> logits [batch, num_logits, vocab] and `present.{i}.key|value`. One graph for prefill (zero-length past) and decode;
   see `export.py` for why. With `kv_cache off` it is `decoder_model.onnx`, without past.
 - `onnx-manifest.json` (`prunec.runtime.manifest.Manifest`), config.json,
   generation_config.json and the processor/tokenizer files (tokenizer.json, chat template,

@@ -32,6 +32,7 @@ BATCH, SEQ, PAST, TOTAL = (
     "past_sequence_length",
     "total_sequence_length",
 )
+LOGITS = "num_logits"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class _Vision(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """inputs_embeds, attention_mask, position_ids, *past -> logits, *present."""
+    """inputs_embeds, attention_mask, position_ids, logits_indices, *past -> logits, *present."""
 
     def __init__(self, model: nn.Module, layout: KvLayout, kv_cache: bool):
         super().__init__()
@@ -105,6 +106,7 @@ class _Decoder(nn.Module):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
+        logits_indices: torch.Tensor,
         *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
@@ -122,6 +124,9 @@ class _Decoder(nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=self.kv_cache,
+            # a tensor here selects positions: generation needs only the last one, which
+            # skips the vocabulary projection for every other prompt token
+            logits_to_keep=logits_indices,
         )
         if not self.kv_cache:
             return (out.logits,)
@@ -201,9 +206,11 @@ def export_decoder(
         "inputs_embeds": {0: b, 1: s},
         "attention_mask": {0: b, 1: Dim.AUTO},
         "position_ids": {0: b, 1: s},
+        "logits_indices": {0: Dim(LOGITS)},
     }
-    args: tuple[torch.Tensor, ...] = (embeds, mask, positions)
-    names = ["inputs_embeds", "attention_mask", "position_ids"]
+    keep = torch.tensor([seq - 2, seq - 1], dtype=torch.long)
+    args: tuple[torch.Tensor, ...] = (embeds, mask, positions, keep)
+    names = ["inputs_embeds", "attention_mask", "position_ids", "logits_indices"]
     outputs = ["logits"]
     if kv_cache:
         kv_shape = (batch, layout.num_kv_heads, past_len, layout.head_dim)
