@@ -72,6 +72,35 @@ def scored(model: torch.nn.Module, batches: list[Batch]) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_hook_ratio(repeats: int = 5, samples: int = 24) -> float:
+    """Per batch, alternate a plain forward and a hooked one (same kwargs): the hooks' cost.
+
+    Alternating batch by batch makes both sides see the same machine load, which matters on
+    a shared CPU where whole-run timings drift by tens of percent.
+    """
+    from prunec.scoring.engine import LayerStatsCollector, _Totals
+
+    model = build_model()
+    batches = make_batches(samples)
+    extra = forward_kwargs(model)
+    collector = LayerStatsCollector(list(locate_decoder(model).layers))
+    totals = _Totals(LAYERS)
+    plain_s = hooked_s = 0.0
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for batch in batches:
+                start = time.perf_counter()
+                model(**batch.inputs, **extra)
+                middle = time.perf_counter()
+                with collector.attached():
+                    collector.begin(batch.inputs["attention_mask"])
+                    model(**batch.inputs, **extra)
+                    collector.end(totals)
+                plain_s += middle - start
+                hooked_s += time.perf_counter() - middle
+    return hooked_s / plain_s
+
+
 def time_ratio(repeats: int = 9, samples: int = 24) -> dict[str, float]:
     model = build_model()
     batches = make_batches(samples)
@@ -125,6 +154,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     result = {"model": f"llama {LAYERS}x{HIDDEN}, vocab {VOCAB}, seq {SEQ}, batch {BATCH}"}
     result.update(time_ratio())
+    result["hooks_ratio_interleaved_per_batch"] = interleaved_hook_ratio()
     result.update(rss_ratio())
     print(json.dumps(result, indent=2))
 

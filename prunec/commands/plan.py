@@ -60,12 +60,28 @@ def _scores_and_layers(
         from prunec.plan.model_info import read_layer_count
 
         count = read_layer_count(plan.model)
-        if count is not None:
-            return None, count
+        return None, count if count is not None else _hub_layer_count(plan)
     from prunec.scoring import score
 
     scored = score(plan, None, cache_dir=cache_dir)
     return scored, scored.num_layers
+
+
+def _hub_layer_count(plan: Plan) -> int:
+    """The decoder layer count from a hub model's config (downloads the config only)."""
+    from prunec.errors import BuildError
+
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            plan.model.source,
+            revision=plan.model.revision,
+            trust_remote_code=plan.model.trust_remote_code,
+        )
+        return int(config.get_text_config(decoder=True).num_hidden_layers)
+    except Exception as err:
+        raise BuildError(f"cannot read the layer count of {plan.model.source}: {err}") from err
 
 
 def plan_json(selection: Selection, scores: LayerScores | None) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def solve_exact(
 ) -> tuple[int, ...] | None:
     """The optimal removed set (sorted), or None when no set satisfies the constraints.
 
-    Ties are broken deterministically (the DP prefers keeping a layer on equal cost).
+    Ties between equally good sets are broken deterministically.
     """
     num_layers = len(importance)
     if budget < 0 or budget > num_layers:
