@@ -102,3 +102,16 @@ def test_plan_from_scores_does_not_import_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "NO_TORCH" in proc.stderr
     assert json.loads(proc.stdout)["removed"] == [1, 4, 6]
+
+
+def test_manual_plan_needs_only_the_config(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 8}}))
+    spec = tmp_path / "manual.prune"
+    spec.write_text('model "./model"\n\nprune {\n  remove 2, 5\n}\n')
+    code, out, err = run_cli(["plan", str(spec), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["removed"] == [2, 5] and result["num_layers"] == 8
+    assert result["strategy"] == "manual" and result["regime"] == "moderate"
