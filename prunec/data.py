@@ -229,16 +229,26 @@ def _run_processor(processor: Any, texts: list[str], records: Sequence[Record]) 
         return dict(processor(texts, padding=True, return_tensors="pt"))
     if len(texts) == 1:
         return _process_one(processor, texts[0], records[0])
+    try:
+        return _process_batch(processor, texts, records)
+    except TypeError:  # a processor that cannot batch: encode one by one, pad ourselves
+        parts = [_process_one(processor, t, r) for t, r in zip(texts, records, strict=True)]
+        return _pad_and_stack(processor, parts)
+    except (ValueError, KeyError) as err:
+        raise _rejected(records, err) from err
+
+
+def _rejected(records: Sequence[Record], err: Exception) -> BuildError:
+    where = records[0].where if len(records) == 1 else f"the batch starting at {records[0].where}"
+    return BuildError(f"{where}: the model's processor rejected the sample: {err}")
+
+
+def _process_batch(processor: Any, texts: list[str], records: Sequence[Record]) -> dict[str, Any]:
     images = [[load_image(r)] if r.image is not None else [] for r in records]
     kwargs: dict[str, Any] = {"text": texts, "padding": True}
     if any(images):
         kwargs["images"] = images
-    try:
-        out = dict(processor(**kwargs, return_tensors="pt"))
-    except TypeError:  # a processor that cannot batch: encode one by one, pad ourselves
-        return _pad_and_stack(
-            processor, [_process_one(processor, t, r) for t, r in zip(texts, records, strict=True)]
-        )
+    out = dict(processor(**kwargs, return_tensors="pt"))
     out.pop("labels", None)  # PaliGemma adds labels for training; forward would compute a loss
     return out
 
@@ -247,7 +257,10 @@ def _process_one(processor: Any, text: str, record: Record) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"text": text}
     if record.image is not None:
         kwargs["images"] = load_image(record)
-    out = dict(processor(**kwargs, return_tensors="pt"))
+    try:
+        out = dict(processor(**kwargs, return_tensors="pt"))
+    except (TypeError, ValueError, KeyError) as err:
+        raise _rejected([record], err) from err
     out.pop("labels", None)
     return out
 

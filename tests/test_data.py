@@ -173,3 +173,13 @@ def test_processor_without_batching_is_padded_per_sample(tiny_model, images):
         assert torch.equal(batch["input_ids"][row, :length], single["input_ids"][0])
         assert int(batch["attention_mask"][row].sum()) == length
         assert torch.equal(batch["mm_token_type_ids"][row, :length], single["mm_token_type_ids"][0])
+
+
+def test_processor_rejection_names_the_record(tiny_model, tmp_path):
+    """PaliGemma's processor needs an image on every sample: a clear error, not a traceback."""
+    from tiny_models import load_processor
+
+    processor = load_processor("paligemma", tiny_model("paligemma", num_layers=2))
+    path = write(tmp_path / "t.jsonl", [json.dumps({"text": "two plus three"})])
+    with pytest.raises(BuildError, match=r"t\.jsonl:1: the model's processor rejected"):
+        encode(processor, read_records(path), 64)
