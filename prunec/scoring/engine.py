@@ -289,13 +289,19 @@ def _model_fp(plan: Plan, loaded: LoadedModel | None, memo: Path) -> str | None:
 
 
 def scorer_settings(plan: Plan) -> dict[str, Any]:
-    """What besides model and data changes the scores: dtype, and for `iterative` the ablation
-    depth (its order is computed only as far as the budget). Batch size is left out on
-    purpose: padding is masked, so it changes the statistics only by float rounding (tested).
+    """What besides model and data changes the scores: dtype, and for `iterative` what its
+    ablation order depends on (budget depth, layers it may not try, domain weights of the
+    loss). Batch size is left out on purpose: padding is masked, so it changes the
+    statistics only by float rounding (tested).
     """
     settings: dict[str, Any] = {"dtype": plan.model.dtype}
-    if plan.prune.strategy == "iterative" and plan.prune.budget is not None:
-        settings["iterative_budget"] = plan.prune.budget.model_dump()
+    if plan.prune.strategy == "iterative":
+        prune = plan.prune
+        settings["iterative"] = {
+            "budget": prune.budget.model_dump() if prune.budget is not None else None,
+            "keep": [prune.keep_first, prune.keep_last, sorted(prune.protect)],
+            "weights": plan.normalized_weights(),
+        }
     return settings
 
 
