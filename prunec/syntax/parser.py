@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,15 +120,133 @@ def _cache_file() -> str | bool:
 
 
 def parse_tree(text: str, filename: str = "<string>") -> SpecFile:
-    """Parse `text` into a syntax tree; raises SpecError (E1xx) on a syntax error."""
+    """Parse `text` into a syntax tree; raises SpecError (E1xx) with the syntax errors found.
+
+    After a syntax error the parser drops tokens and carries on, so that errors in later
+    blocks are reported in the same run; see `_Recovery` for which ones are trusted.
+    """
+    recovery = _Recovery(text, filename)
     try:
-        tree = lark_parser().parse(text)
+        tree = lark_parser().parse(text, on_error=recovery.on_error)
     except UnexpectedInput as err:
+        if not recovery.diagnostics:
+            recovery.diagnostics.append(_syntax_diagnostic(err, text, filename))
+    except Exception:  # recovery is best effort: never let it hide the first error
+        recovery.diagnostics = [_first_syntax_error(text, filename)]
+    if recovery.diagnostics:
         sources = SourceMap()
         sources.add(filename, text)
-        raise SpecError([_syntax_diagnostic(err, text, filename)], sources) from None
+        raise SpecError(recovery.diagnostics, sources)
     items = tuple(_item(child, filename) for child in tree.children if isinstance(child, Tree))
     return SpecFile(filename, text, items, tuple(scan_comments(text)))
+
+
+def _first_syntax_error(text: str, filename: str) -> Diagnostic:
+    try:
+        lark_parser().parse(text)
+    except UnexpectedInput as err:
+        return _syntax_diagnostic(err, text, filename)
+    raise AssertionError("the text parses without recovery but failed with it")
+
+
+_BETWEEN_TOKENS = re.compile(r"(?:\s|#[^\n]*)*")
+
+
+class _Recovery:
+    """Decides which syntax errors after the first one are worth reporting.
+
+    Lark resumes after an error by dropping the offending token. What follows is parsed in
+    whatever state the error left, so later errors may be mere echoes of the first. Only
+    an error in a *later* top-level block whose keyword starts a line is reported (at most
+    one per block); errors right after a dropped token, or inside the block that already
+    failed, are dropped too. The result: no invented errors, at the price of sometimes
+    missing a second error in the same block.
+    """
+
+    MAX_ERRORS = 10
+
+    def __init__(self, text: str, filename: str):
+        self.text = text
+        self.filename = filename
+        self.diagnostics: list[Diagnostic] = []
+        self.last_end = -1  # end offset of the last token that caused an error
+        self.last_item: int | None = None  # start offset of the block of the last report
+
+    def on_error(self, err: UnexpectedInput) -> bool:
+        start, end = _error_offsets(err)
+        item = _current_item(err)
+        if self._trusted(start, item):
+            self.diagnostics.append(_syntax_diagnostic(err, self.text, self.filename))
+            self.last_item = item.start_pos if item is not None else start
+        self.last_end = max(self.last_end, end)
+        at_end = isinstance(err, UnexpectedEOF) or (
+            isinstance(err, UnexpectedToken) and err.token.type == "$END"
+        )
+        if at_end or len(self.diagnostics) >= self.MAX_ERRORS:
+            return False
+        if isinstance(err, UnexpectedToken) and item is not None:
+            _restart_at_block_keyword(err, item)
+        return True
+
+    def _trusted(self, start: int, item: Token | None) -> bool:
+        if not self.diagnostics:
+            return True
+        gap = self.text[self.last_end : start] if start >= self.last_end else ""
+        if start <= self.last_end or _BETWEEN_TOKENS.fullmatch(gap):
+            return False  # nothing was parsed since the last error
+        anchor = item.start_pos if item is not None else start
+        column = item.column if item is not None else _column(self.text, start)
+        return (
+            column == 1
+            and self.last_item is not None
+            and anchor is not None
+            and anchor > self.last_item
+        )
+
+
+def _restart_at_block_keyword(err: UnexpectedToken, item: Token) -> None:
+    """When a block keyword starts a line inside a broken block, abandon the broken block.
+
+    The stacks are cut back to just before the broken block's keyword (Lark keeps one more
+    state than values), and the keyword is fed again as a keyword: the contextual lexer
+    handed it over as a plain name, since no block may start where the error happened.
+    """
+    token = err.token
+    if str(token) not in _TOP_LEVEL or token.column != 1:
+        return
+    state = err.interactive_parser.parser_state
+    index = next((i for i, v in enumerate(state.value_stack) if v is item), None)
+    if index is None:
+        return
+    del state.value_stack[index:]
+    del state.state_stack[index + 1 :]
+    # A block keyword is always valid between blocks, so feeding it cannot fail.
+    err.interactive_parser.feed_token(Token.new_borrow_pos(str(token).upper(), str(token), token))
+
+
+def _column(text: str, offset: int) -> int:
+    return offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _error_offsets(err: UnexpectedInput) -> tuple[int, int]:
+    if isinstance(err, UnexpectedToken):
+        token = err.token
+        start = token.start_pos if token.start_pos is not None else 1 << 30
+        end = token.end_pos if token.end_pos is not None else start
+        return start, end
+    position = getattr(err, "pos_in_stream", None) or 0
+    return position, position + 1
+
+
+def _current_item(err: UnexpectedInput) -> Token | None:
+    """The keyword of the top-level block being parsed when the error happened, if any."""
+    interactive = getattr(err, "interactive_parser", None)
+    if interactive is None:
+        return None
+    for value in interactive.parser_state.value_stack:
+        if isinstance(value, Token) and value.type in _BLOCKS:
+            return value
+    return None
 
 
 # ------------------------------------------------------------------ tree -> AST
@@ -307,8 +426,10 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, filename: str) -> Diagno
         context = _context(accepts)
         if context == "the file":
             message = f"unknown statement `{token}`"
-        elif str(token) in _TOP_LEVEL and context is not None:
-            message = f"`{token}` starts a new block, but the {context} block is not closed"
+        elif str(token) in _TOP_LEVEL and (item := _current_item(err)) is not None:
+            message = f"`{token}` starts a new block, but the `{item}` block is not closed"
+            if "RBRACE" not in accepts:
+                help_text = f"the statement before `{token}` is incomplete"
         elif context is not None:
             message = f"unknown setting `{token}` in {context}"
         else:
