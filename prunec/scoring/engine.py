@@ -72,6 +72,7 @@ class LayerStatsCollector:
     def __init__(self, layers: Sequence[torch.nn.Module]):
         self.layers = list(layers)
         self.mask: torch.Tensor | None = None
+        self._placed: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch: list[tuple[torch.Tensor, ...] | None] = []
         self._last_states: list[torch.Tensor | None] = []
         self._handles: list[Any] = []
@@ -89,6 +90,7 @@ class LayerStatsCollector:
 
     def begin(self, attention_mask: torch.Tensor) -> None:
         self.mask = attention_mask.to("cpu", torch.bool)
+        self._placed = {}
         n = len(self.layers)
         self._batch = [None] * n
         self._last_states = [None] * (n + 1)
@@ -102,7 +104,13 @@ class LayerStatsCollector:
         return hook
 
     def _masks(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token mask [B, S] on h's device, last-token index [B]) for this hidden state."""
+        """(token mask [B, S] on h's device, last-token index [B]), made once per device."""
+        key = (str(h.device), tuple(h.shape[:2]))
+        if key not in self._placed:
+            self._placed[key] = self._place(h)
+        return self._placed[key]
+
+    def _place(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.mask is not None
         mask = self.mask
         if mask.shape != h.shape[:2]:  # the model changed the sequence: score every position
