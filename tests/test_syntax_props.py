@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from prunec.errors import SpecError
 from prunec.syntax import analyze, format_text, parse
-from prunec.syntax.parser import _first_syntax_error, parse_tree, scan_comments
+from prunec.syntax.parser import first_syntax_error, parse_tree, scan_comments
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [p.read_text() for p in sorted((ROOT / "specs").glob("*.prune"))]
@@ -143,7 +143,7 @@ def _front_end_survives(text: str) -> None:
         parse_tree(text.removeprefix("\ufeff"), "fuzz.prune")
     except SpecError as err:
         # Recovery after a syntax error never changes the first error reported.
-        first = _first_syntax_error(text.removeprefix("\ufeff"), "fuzz.prune")
+        first = first_syntax_error(text.removeprefix("\ufeff"), "fuzz.prune")
         assert err.diagnostics[0] == first == result.errors[0]
         assert all(d.code.startswith("E1") for d in err.diagnostics)
     try:
