@@ -62,6 +62,22 @@ def test_every_code_is_documented() -> None:
     assert [c for c in CODES if c not in docs] == []
 
 
+def test_docs_examples_parse_and_are_canonical() -> None:
+    blocks = (ROOT / "docs" / "language.md").read_text().split("```")[1::2]
+    spec = blocks[0]
+    assert parse(spec).prune.strategy == "domain"
+    assert format_text(spec) == spec.lstrip("\n")
+    # Every block example, wrapped into a minimal valid spec, parses.
+    wrapper = (
+        'model "o/m"\ndomain math { data "a" eval "b" }\ndomain general { data "c" eval "d" }\n'
+    )
+    for block in blocks[1:]:
+        if block.lstrip().startswith(("domain", "prune", "verify", "target")):
+            text = wrapper.replace('domain math { data "a" eval "b" }', "")
+            text = text if block.lstrip().startswith("domain") else wrapper
+            parse(text + block + ("" if "prune" in block else "\nprune { budget 1 layer }\n"))
+
+
 def test_parse_full_spec_lowers_every_setting(tmp_path: Path) -> None:
     plan = parse((ROOT / "specs" / "math_tutor.prune").read_text(), base_dir=ROOT / "specs")
     assert plan.model.local and plan.model.source == str(ROOT / "build" / "testbed" / "model")
