@@ -215,13 +215,22 @@ def _prompt_text(processor: Any, record: Record, with_answer: bool) -> tuple[str
 
 @contextmanager
 def _right_padding(processor: Any) -> Iterator[None]:
+    """Pad on the right, with EOS as the pad token when the tokenizer has none (Llama's);
+    padded positions are masked everywhere, so the pad id itself never matters."""
     tokenizer = _tokenizer(processor)
-    before = getattr(tokenizer, "padding_side", "right")
+    side = getattr(tokenizer, "padding_side", "right")
+    borrowed = getattr(tokenizer, "pad_token", None) is None and getattr(
+        tokenizer, "eos_token", None
+    )
     tokenizer.padding_side = "right"
+    if borrowed:
+        tokenizer.pad_token = tokenizer.eos_token
     try:
         yield
     finally:
-        tokenizer.padding_side = before
+        tokenizer.padding_side = side
+        if borrowed:
+            tokenizer.pad_token = None
 
 
 def _run_processor(processor: Any, texts: list[str], records: Sequence[Record]) -> dict[str, Any]:

@@ -183,3 +183,15 @@ def test_processor_rejection_names_the_record(tiny_model, tmp_path):
     path = write(tmp_path / "t.jsonl", [json.dumps({"text": "two plus three"})])
     with pytest.raises(BuildError, match=r"t\.jsonl:1: the model's processor rejected"):
         encode(processor, read_records(path), 64)
+
+
+def test_tokenizer_without_pad_token_borrows_eos(llama_tokenizer, tmp_path):
+    path = write(tmp_path / "t.jsonl", [json.dumps({"text": t}) for t in ("two", "two plus three")])
+    saved = llama_tokenizer.pad_token
+    llama_tokenizer.pad_token = None
+    try:
+        batch = encode(llama_tokenizer, read_records(path), 64)
+        assert batch["attention_mask"].sum(dim=1).tolist()[0] < batch["input_ids"].shape[1]
+        assert llama_tokenizer.pad_token is None  # restored
+    finally:
+        llama_tokenizer.pad_token = saved
