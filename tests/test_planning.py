@@ -227,3 +227,36 @@ def test_last_token_scope_uses_last_token_statistics():
     minimal = scores_for({"d": [0.1, 0.2, 0.3, 0.4]})
     with pytest.raises(SpecError, match="last-token statistics"):
         solve(Constraints(4, 1, strategy="domain", tokens="last"), minimal)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(2, 10),
+    data=st.data(),
+)
+def test_solve_errors_exactly_when_infeasible(n, data):
+    """The closed-form feasibility messages never reject a problem that has a solution."""
+    budget = data.draw(st.integers(1, n - 1))
+    keep_first = data.draw(st.integers(0, 2))
+    keep_last = data.draw(st.integers(0, 2))
+    protect = tuple(data.draw(st.sets(st.integers(0, n - 1), max_size=2)))
+    max_run = data.draw(st.one_of(st.none(), st.integers(1, 3)))
+    min_gap = data.draw(st.one_of(st.none(), st.integers(0, 2)))
+    importance = data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+    c = Constraints(
+        n,
+        budget,
+        max_run=max_run,
+        min_gap=min_gap,
+        keep_first=keep_first,
+        keep_last=keep_last,
+        protect=protect,
+        strategy="domain",
+    )
+    best = brute_force(importance, budget, c.forbidden, max_run, min_gap, 0.0)
+    if best is None:
+        with pytest.raises(SpecError):
+            solve(c, {"d": importance})
+    else:
+        selection = solve(c, {"d": importance})
+        assert selection.objective == pytest.approx(best, abs=1e-6)

@@ -67,7 +67,7 @@ def test_plan_table(tmp_path, capsys):
     code, out, _ = run_cli(["plan", str(spec), "--scores", str(scores)], capsys)
     assert code == 0
     assert "regime moderate" in out and "removed: [1, 4, 6]" in out
-    assert "math" in out and "general" in out
+    assert "math" in out and "general" in out and "combined" in out
 
 
 def test_infeasible_points_at_spec(tmp_path, capsys):

@@ -105,7 +105,8 @@ def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -
     table.add_column("layer", justify="right")
     for name in names:
         table.add_column(name, justify="right")
-    table.add_column(f"{selection.ranking}", justify="right")
+    label = "combined" if selection.ranking == "domain" else selection.ranking
+    table.add_column(label, justify="right")
     table.add_column("removed", justify="center")
     importance = {name: scores.importance(name) for name in names} if scores else {}
     for layer in range(selection.num_layers):
