@@ -138,8 +138,23 @@ class SourceMap:
         return None
 
 
-def format_diagnostic(diag: Diagnostic, sources: SourceMap) -> str:
-    """Render one diagnostic, rustc-style, in plain text (no colour codes).
+#: ANSI styles for `color=True` output (rustc's palette).
+_STYLES = {
+    "error": "\x1b[1;31m",
+    "warning": "\x1b[1;33m",
+    "bold": "\x1b[1m",
+    "gutter": "\x1b[1;34m",
+    "help": "\x1b[1;36m",
+}
+_RESET = "\x1b[0m"
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"{_STYLES[style]}{text}{_RESET}" if color and text else text
+
+
+def format_diagnostic(diag: Diagnostic, sources: SourceMap, color: bool = False) -> str:
+    """Render one diagnostic, rustc-style; `color` adds ANSI styles for terminals.
 
     specs/x.prune:12:3: error[E201]: unknown key `budgett` in `prune`
        |
@@ -147,8 +162,10 @@ def format_diagnostic(diag: Diagnostic, sources: SourceMap) -> str:
        |   ^^^^^^^ expected one of: budget, spacing, keep, ...
        = help: did you mean `budget`?
     """
-    head = f"{diag.span}: " if diag.span else ""
-    out = [f"{head}{diag.severity}[{diag.code}]: {diag.message}"]
+    level = "warning" if diag.severity == "warning" else "error"
+    head = _paint(f"{diag.span}: ", "bold", color) if diag.span else ""
+    kind = _paint(f"{diag.severity}[{diag.code}]", level, color)
+    out = [f"{head}{kind}: {_paint(diag.message, 'bold', color)}"]
     src_line = sources.line(diag.span.file, diag.span.line) if diag.span else None
     if diag.span is not None and src_line is not None:
         num = str(diag.span.line)
@@ -159,24 +176,29 @@ def format_diagnostic(diag: Diagnostic, sources: SourceMap) -> str:
             width = max(diag.span.end_col - diag.span.col, 1)
         else:
             width = max(len(shown) - start, 1)
-        caret = " " * start + "^" * width
-        label = f" expected {diag.expected}" if diag.expected else ""
-        out += [f"{pad} |", f"{num} | {shown}".rstrip(), f"{pad} | {caret}{label}"]
+        caret = " " * start + _paint("^" * width, level, color)
+        label = f" {_paint('expected ' + diag.expected, level, color)}" if diag.expected else ""
+        bar = _paint(f"{pad} |", "gutter", color)
+        out += [
+            bar,
+            f"{_paint(num + ' |', 'gutter', color)} {shown}".rstrip(),
+            f"{bar} {caret}{label}",
+        ]
     elif diag.expected:
         out.append(f"  = expected {diag.expected}")
     pad = " " * (len(str(diag.span.line)) if diag.span and src_line is not None else 1)
-    out += [f"{pad} = note: {note}" for note in diag.notes]
+    out += [f"{pad} {_paint('= note:', 'bold', color)} {note}" for note in diag.notes]
     if diag.help:
-        out.append(f"{pad} = help: {diag.help}")
+        out.append(f"{pad} {_paint('= help:', 'help', color)} {diag.help}")
     return "\n".join(out)
 
 
-def format_diagnostics(diags: Iterable[Diagnostic], sources: SourceMap) -> str:
+def format_diagnostics(diags: Iterable[Diagnostic], sources: SourceMap, color: bool = False) -> str:
     diags = list(diags)
-    body = "\n\n".join(format_diagnostic(d, sources) for d in diags)
+    body = "\n\n".join(format_diagnostic(d, sources, color) for d in diags)
     n = sum(d.severity == "error" for d in diags)
     if n > 1:
-        body += f"\n\nerror: {n} problems found"
+        body += "\n\n" + _paint(f"error: {n} problems found", "error", color)
     return body
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -75,6 +76,15 @@ def test_check_json_and_directories(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (error["code"], error["line"], error["col"], error["end_col"]) == ("E102", 3, 3, 10)
     assert error["help"] == "did you mean `budget`?"
     assert report[0]["diagnostics"][0]["severity"] == "warning"
+
+
+def test_check_colour_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.prune"
+    bad.write_text(BAD)
+    _, _, plain = run_cli(["check", str(bad)], capsys)
+    _, _, colored = run_cli(["check", "--color", "always", str(bad)], capsys)
+    assert "\x1b[" not in plain and "\x1b[1;31merror[E102]" in colored
+    assert re.sub(r"\x1b\[[0-9;]*m", "", colored) == plain
 
 
 def test_check_missing_data_is_a_warning(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,22 @@ def spec_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield from sorted(path.rglob("*.prune"))
         else:
             yield path
+
+
+COLOR_OPTION = click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colour diagnostics (auto: when stderr is a terminal and NO_COLOR is unset).",
+)
+
+
+def use_color(choice: str) -> bool:
+    """Whether to colour diagnostics on stderr (https://no-color.org is honoured)."""
+    if choice != "auto":
+        return choice == "always"
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _check_one(path: Path) -> Analysis:
@@ -50,9 +68,12 @@ def _diagnostic_json(diag: Diagnostic) -> dict[str, Any]:
 @click.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Show errors only, not warnings.")
+@COLOR_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def command(ctx: click.Context, as_json: bool, quiet: bool, files: tuple[Path, ...]) -> None:
+def command(
+    ctx: click.Context, as_json: bool, quiet: bool, color: str, files: tuple[Path, ...]
+) -> None:
     """Validate spec FILES: syntax, meaning, and layer counts of local models.
 
     Prints `ok  FILE` for each valid file; exits 2 when any file has an error. A directory
@@ -60,6 +81,7 @@ def command(ctx: click.Context, as_json: bool, quiet: bool, files: tuple[Path, .
     warnings only.
     """
     paths = list(spec_files(files))
+    colored = use_color(color)
     invalid = 0
     report = []
     for path in paths:
@@ -72,7 +94,8 @@ def command(ctx: click.Context, as_json: bool, quiet: bool, files: tuple[Path, .
             report.append({"file": str(path), "ok": not result.errors, "diagnostics": diagnostics})
             continue
         if result.diagnostics:
-            click.echo(format_diagnostics(result.diagnostics, result.sources), err=True)
+            rendered = format_diagnostics(result.diagnostics, result.sources, colored)
+            click.echo(rendered, err=True, color=colored)
         if not result.errors:
             click.echo(f"ok  {path}")
     if as_json:

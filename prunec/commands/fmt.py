@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from prunec.errors import Diagnostic, ExitCode, SpecError
+from prunec.commands.check import COLOR_OPTION, spec_files, use_color
+from prunec.errors import Diagnostic, ExitCode, SpecError, format_diagnostics
 from prunec.syntax import format_text
 
 
@@ -49,16 +50,17 @@ def _format_stdin(check_only: bool) -> int:
     "--check", "check_only", is_flag=True, help="Change nothing; exit 6 if any file would change."
 )
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff (implies --check).")
+@COLOR_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
-def command(ctx: click.Context, check_only: bool, show_diff: bool, files: tuple[Path, ...]) -> None:
+def command(
+    ctx: click.Context, check_only: bool, show_diff: bool, color: str, files: tuple[Path, ...]
+) -> None:
     """Format spec FILES canonically. Idempotent; keeps every comment; never changes meaning.
 
     FILE `-` reads standard input and writes the formatted text to standard output (for
     editors); with --check it only sets the exit status.
     """
-    from prunec.commands.check import spec_files
-
     check_only = check_only or show_diff
     invalid = changed = 0
     for path in spec_files(files):
@@ -69,7 +71,9 @@ def command(ctx: click.Context, check_only: bool, show_diff: bool, files: tuple[
             text = _read(path)
             formatted = format_text(text, str(path))
         except SpecError as err:
-            click.echo(err.render(), err=True)
+            colored = use_color(color)
+            rendered = format_diagnostics(err.diagnostics, err.sources, colored)
+            click.echo(rendered, err=True, color=colored)
             invalid += 1
             continue
         if formatted == text:
