@@ -141,7 +141,12 @@ def test_device_map_split_over_cpu_placements(llama, tmp_path):
     stack = locate_decoder(dispatched.model)
     device_map = {"": "cpu"}
     device_map.update({f"{stack.path}.{i}": "cpu" for i in range(len(stack.layers))})
-    dispatch_model(dispatched.model, device_map={"model.embed_tokens": "cpu", **device_map})
+    # force_hooks: accelerate's per-module device hooks run even though every placement is
+    # "cpu", which is what a real multi-device split adds around each layer.
+    dispatch_model(
+        dispatched.model, device_map={"model.embed_tokens": "cpu", **device_map}, force_hooks=True
+    )
+    assert all(hasattr(layer, "_hf_hook") for layer in stack.layers)
     plan = make_plan(llama.source_dir, tmp_path)
     split = score(plan, dispatched, cache_dir=tmp_path / "split")
     plain = score(plan, llama, cache_dir=tmp_path / "plain")
