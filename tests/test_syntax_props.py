@@ -87,21 +87,23 @@ def _spec(draw: st.DrawFn) -> str:
 
 def _prune(draw: st.DrawFn) -> list[str]:
     tokens = ["prune", "{"]
-    if draw(st.booleans()):
+    mode = draw(st.sampled_from(["percent", "layers", "remove"]))
+    if mode == "percent":
         tokens += ["budget", draw(st.sampled_from(["25", "12.5", "50"])), "%"]
-    else:
-        tokens += [
-            "budget",
-            draw(st.sampled_from(["1", "3"])),
-            draw(st.sampled_from(["layer", "layers"])),
-        ]
+    elif mode == "layers":
+        count = draw(st.sampled_from(["1", "3"]))
+        tokens += ["budget", count, draw(st.sampled_from(["layer", "layers"]))]
+    else:  # manual selection; the strategy is implied or written as `manual`
+        tokens += ["remove", "3", ",", "5", ",", "8"]
     if draw(st.booleans()):
         tokens += ["spacing", "max_run", "2", "min_gap", "0"]
     if draw(st.booleans()):
         tokens += ["keep", "first", "1", ",", "last", "2"]
     if draw(st.booleans()):
         tokens += ["protect", "4", ",", "6", ",", "9"]
-    tokens += ["strategy", draw(st.sampled_from(["auto", "domain", "bi", "uniform"]))]
+    strategies = ["manual"] if mode == "remove" else ["auto", "domain", "bi", "uniform"]
+    if mode != "remove" or draw(st.booleans()):
+        tokens += ["strategy", draw(st.sampled_from(strategies))]
     tokens += ["tokens", draw(st.sampled_from(["all", "last"])), "}"]
     return tokens
 
