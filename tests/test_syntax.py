@@ -251,6 +251,13 @@ def test_check_file_uses_local_config(tmp_path: Path) -> None:
     assert check_file(spec).diagnostics == () and check_file(spec).plan is not None
 
 
+def test_paths_the_os_rejects_are_just_missing(tmp_path: Path) -> None:
+    spec = tmp_path / "s.prune"
+    long = "x" * 5000
+    spec.write_text(f'model "./{long}"\ndomain a {{ data "{long}" }}\nprune {{ budget 1 layer }}\n')
+    assert [d.code for d in check_file(spec).diagnostics] == ["W302", "W301"]
+
+
 def test_parser_is_built_once_and_grammar_found() -> None:
     assert lark_parser() is lark_parser()
     assert grammar_path().name == "prunec.lark"

@@ -62,6 +62,22 @@ def unescape(text: str) -> str | None:
     return "".join(out)
 
 
+def is_dir(path: Path) -> bool:
+    """Path.is_dir that answers False instead of raising on names the OS rejects (too long)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file that answers False instead of raising on names the OS rejects."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _is_whole(text: str) -> bool:
     return re.fullmatch(r"[+-]?\d+", text) is not None
 
@@ -192,7 +208,7 @@ class _Lowerer:
         settings = self.unique_settings(item.body or (), "`model`")
         values: dict[str, Any] = {}
         expanded = os.path.expanduser(raw)
-        local = raw.startswith((".", "/", "~")) or (self.base_dir / expanded).is_dir()
+        local = raw.startswith((".", "/", "~")) or is_dir(self.base_dir / expanded)
         if local:
             values["source"] = os.path.abspath(self.base_dir / expanded)
         elif _HUB_ID.match(raw):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prunec.errors import Diagnostic, Span
 from prunec.plan.model import Plan
+from prunec.syntax.lower import is_dir, is_file
 
 
 def validate_against_model(plan: Plan, num_layers: int) -> list[Diagnostic]:
@@ -132,14 +133,14 @@ def missing_file_warnings(plan: Plan) -> list[Diagnostic]:
         message = f"{what} `{shown}` does not exist yet"
         out.append(Diagnostic(code, message, span, severity="warning"))
 
-    if plan.model.local and not Path(plan.model.source).is_dir():
+    if plan.model.local and not is_dir(Path(plan.model.source)):
         warn("W302", "model directory", Path(plan.model.source), plan.span("model"))
     for domain in plan.domains:
-        if not domain.data.is_file():
+        if not is_file(domain.data):
             warn("W301", "data file", domain.data, plan.span(f"domains.{domain.name}.data"))
-        if domain.eval is not None and not domain.eval.is_file():
+        if domain.eval is not None and not is_file(domain.eval):
             warn("W301", "eval file", domain.eval, plan.span(f"domains.{domain.name}.eval"))
     for position, gate in enumerate(plan.verify.gates):
-        if gate.data is not None and not gate.data.is_file():
+        if gate.data is not None and not is_file(gate.data):
             warn("W301", "eval file", gate.data, plan.span(f"verify.{position}.data"))
     return out
