@@ -159,7 +159,7 @@ def test_angular_picks_least_distant_block():
 def test_manual_checks_kept_layers():
     sel = solve(Constraints(8, 2, strategy="manual", remove=(3, 5)), {}, 8)
     assert sel.removed == (3, 5)
-    with pytest.raises(SpecError, match="kept layers"):
+    with pytest.raises(SpecError, match="also keeps it"):
         solve(Constraints(8, 1, strategy="manual", remove=(0,), keep_first=1), {}, 8)
 
 

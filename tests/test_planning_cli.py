@@ -74,7 +74,10 @@ def test_infeasible_points_at_spec(tmp_path, capsys):
     spec, scores = write_case(tmp_path, budget=6)
     code, _, err = run_cli(["plan", str(spec), "--scores", str(scores)], capsys)
     assert code == ExitCode.SPEC
-    assert "budget 6 with max_run 1 needs at least 11 layers; the model has 10" in err
+    assert (
+        "budget 6 with max_run 1 needs at least 11 layers between the kept ends (8 there); "
+        "the model has 10" in err
+    )
     assert f"{spec}:15:" in err and "spacing  max_run 1" in err  # quotes the spec line
 
 

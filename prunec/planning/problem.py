@@ -190,7 +190,18 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
         problems.append(Diagnostic("E205", "max_run must be at least 1", c.span("prune.max_run")))
         return problems
     if c.remove is not None:
-        return problems  # manual: checked against the constraints by the strategy itself
+        # Manual selection: the listed layers must not be ones the spec also keeps.
+        for i, layer in enumerate(c.remove):
+            if layer in c.forbidden:
+                problems.append(
+                    Diagnostic(
+                        "E305",
+                        f"layer {layer} is listed in `remove` but the spec also keeps it",
+                        c.span(f"prune.remove.{i}", "prune.remove"),
+                        notes=(_forbidden_note(c),),
+                    )
+                )
+        return problems
     removable = n - len(c.forbidden)
     if k > removable:
         problems.append(
@@ -201,29 +212,37 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
                 notes=(_forbidden_note(c),),
             )
         )
-    if c.max_run is not None and not c.min_gap:
-        needed = k + math.ceil(k / c.max_run) - 1
-        if needed > n:
-            problems.append(
-                Diagnostic(
-                    "E304",
-                    f"budget {k} with max_run {c.max_run} needs at least {needed} layers; "
-                    f"the model has {n}",
-                    c.span("prune.max_run", "prune.spacing", "prune.budget"),
-                )
-            )
-    if c.min_gap:
-        needed = k + (k - 1) * c.min_gap
-        if needed > n:
-            problems.append(
-                Diagnostic(
-                    "E304",
-                    f"budget {k} with min_gap {c.min_gap} needs at least {needed} layers; "
-                    f"the model has {n}",
-                    c.span("prune.min_gap", "prune.spacing", "prune.budget"),
-                )
-            )
+    spacing = _spacing_problem(c)
+    if spacing is not None:
+        problems.append(spacing)
     return problems
+
+
+def _spacing_problem(c: Constraints) -> Diagnostic | None:
+    """The closed-form spacing bound: removed layers form runs of at most `run` layers,
+    separated by at least `gap` kept ones, all between the kept ends. Sound, not complete:
+    `protect` inside the window can still make it infeasible; the exact solver reports that.
+    """
+    if c.max_run is None and not c.min_gap:
+        return None
+    k, n = c.budget, c.num_layers
+    window = max(n - min(c.keep_first, n) - min(c.keep_last, n), 0)
+    run = 1 if c.min_gap else (c.max_run or k)
+    gap = max(c.min_gap or 0, 1)
+    needed = k + (math.ceil(k / run) - 1) * gap
+    if needed <= window:
+        return None
+    limits = " ".join(
+        f"{name} {value}"
+        for name, value in (("max_run", c.max_run), ("min_gap", c.min_gap))
+        if value
+    )
+    where = "" if window == n else f" between the kept ends ({window} there)"
+    return Diagnostic(
+        "E304",
+        f"budget {k} with {limits} needs at least {needed} layers{where}; the model has {n}",
+        c.span("prune.spacing", "prune.max_run", "prune.min_gap", "prune.budget"),
+    )
 
 
 def _forbidden_note(c: Constraints) -> str:

@@ -294,18 +294,7 @@ def manual_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
         raise SpecError(
             [Diagnostic("E219", "`remove` lists a layer twice", c.span("prune.remove"))]
         )
-    clash = sorted(set(removed) & c.forbidden)
-    if clash:
-        raise SpecError(
-            [
-                Diagnostic(
-                    "E305",
-                    f"`remove` names kept layers {clash}",
-                    c.span("prune.remove"),
-                    notes=(f"never removed: keep first/last and protect = {sorted(c.forbidden)}",),
-                )
-            ]
-        )
+    # Removing a kept layer is reported by `constraint_problems` before strategies run.
     if not satisfies(removed, c.num_layers, c.forbidden, c.max_run, c.min_gap):
         raise infeasible(c, f"`remove` {removed} breaks max_run / min_gap")
     importance: Sequence[float] = [0.0] * c.num_layers
