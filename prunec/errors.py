@@ -130,12 +130,8 @@ class SourceMap:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
-        if 1 <= line <= len(lines):
-            return lines[line - 1]
-        if line == len(lines) + 1:
-            return ""  # end of file
-        return None
+        lines = source_lines(text)
+        return lines[line - 1] if 1 <= line <= len(lines) else None
 
 
 #: ANSI styles for `color=True` output (rustc's palette).
@@ -151,6 +147,15 @@ _RESET = "\x1b[0m"
 
 def _paint(text: str, style: str, color: bool) -> str:
     return f"{_STYLES[style]}{text}{_RESET}" if color and text else text
+
+
+def source_lines(text: str) -> list[str]:
+    """The lines of `text` as the parser counts them: split on "\\n" only.
+
+    str.splitlines also splits on form feeds, U+2028 and other separators, which would put
+    line numbers out of step with the parser's (and cut comments in two).
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def format_diagnostic(diag: Diagnostic, sources: SourceMap, color: bool = False) -> str:

@@ -22,7 +22,10 @@ PROPS = settings(
 )
 
 # Separators between tokens: spaces, newlines, blank lines, trailing and own-line comments.
-SEPARATORS = st.sampled_from([" ", "  ", "\t", "\n", "\n\n\n", " # note\n", "\n  # own line\n"])
+# Form feeds and U+2028 catch line counting that disagrees with the parser's (only "\n").
+SEPARATORS = st.sampled_from(
+    [" ", "  ", "\t", "\n", "\n\n\n", " # note\n", "\n  # own line\n", "\x0c", " # a\u2028b\r\n"]
+)
 NAMES = st.sampled_from(["math", "general", "charts", "docs", "first", "ocr-2"])
 
 

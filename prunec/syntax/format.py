@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from prunec.errors import source_lines
 from prunec.syntax.ast import Comment, Item, Setting, SpecFile, Tok
 from prunec.syntax.parser import parse_tree
 
@@ -42,7 +43,7 @@ def format_text(text: str, filename: str = "<string>") -> str:
     spec = parse_tree(text, filename)
     units = _units(spec)
     tail = _attach(units, list(spec.comments))
-    lines = text.splitlines()
+    lines = source_lines(text)
     _align_targets(units, lines)
     return _render(units, tail, lines)
 

@@ -8,7 +8,7 @@ from typing import Any
 from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from prunec.errors import SourceMap, Span, SpecError
+from prunec.errors import SourceMap, Span, SpecError, source_lines
 from prunec.syntax.ast import Comment, Item, Setting, SpecFile, Tok
 from prunec.syntax.grammar import grammar_path, lark_parser, token_span
 from prunec.syntax.syntax_errors import Recovery, first_syntax_error, syntax_diagnostic
@@ -101,7 +101,7 @@ def _setting(tree: Tree[Any], filename: str) -> Setting:
 
 def scan_comments(text: str) -> Iterator[Comment]:
     """Every `#` comment outside a string. Strings never span lines, so a line scan suffices."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(source_lines(text), start=1):
         in_string = escaped = False
         for index, char in enumerate(line):
             if in_string:

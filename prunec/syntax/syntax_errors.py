@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from prunec.errors import Diagnostic, Span, did_you_mean
+from prunec.errors import Diagnostic, Span, did_you_mean, source_lines
 from prunec.syntax.grammar import BLOCKS as _BLOCKS
 from prunec.syntax.grammar import TOP_LEVEL as _TOP_LEVEL
 from prunec.syntax.grammar import lark_parser, token_span
@@ -218,9 +218,7 @@ def _context(accepts: set[str]) -> str | None:
 
 
 def _eof_span(text: str, filename: str) -> Span:
-    lines = text.splitlines() or [""]
-    if text.endswith("\n"):
-        return Span.point(filename, len(lines) + 1, 1)
+    lines = source_lines(text)
     return Span.point(filename, len(lines), len(lines[-1]) + 1)
 
 
@@ -319,7 +317,7 @@ def _bad_character(
     expected: str | None,
     expected_names: set[str],
 ) -> Diagnostic:
-    line_text = text.splitlines()[err.line - 1] if text.splitlines() else ""
+    line_text = source_lines(text)[err.line - 1]
     char = err.char
     if char == '"':
         span = Span(filename, err.line, err.column, err.line, len(line_text) + 1)
