@@ -131,3 +131,11 @@ def test_training_is_deterministic_and_learns() -> None:
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert np.mean(losses[0][-5:]) < 0.8 * np.mean(losses[0][:5])
+
+
+@pytest.mark.slow
+def test_full_recipe_reaches_ninety_percent_per_domain(tmp_path: Path) -> None:
+    """The real recipe (minutes on 2 cores): >= 90% greedy exact match on both domains."""
+    info = ensure_testbed(tmp_path / "testbed").info
+    assert info["eval_accuracy"]["math"] >= 0.9
+    assert info["eval_accuracy"]["general"] >= 0.9

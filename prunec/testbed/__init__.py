@@ -111,7 +111,7 @@ def ensure_testbed(
             "config": asdict(config),
             "train_seconds": round(seconds, 1),
             "steps_per_second": round(config.steps / seconds, 3),
-            "threads": torch.get_num_threads(),
+            "threads": 1,
             "eval_accuracy": accuracy,
         }
         (staged / MARKER).write_text(json.dumps(info, indent=2) + "\n")

@@ -36,6 +36,8 @@ def main(root: Path, force: bool, steps: int | None) -> None:
 
         def on_step(step: int, loss: float) -> None:
             progress.update(task, completed=step + 1, loss=loss)
+            if not console.is_terminal and (step + 1) % 100 == 0:
+                console.print(f"step {step + 1}/{config.steps} loss {loss:.4f}")
 
         paths = ensure_testbed(root, force=force, config=config, on_step=on_step)
     info = paths.info
