@@ -24,7 +24,7 @@ from prunec.plan.model import TargetSpec
 from prunec.runtime import Manifest, OnnxGenerator
 
 TEXT_TYPES = ("llama", "qwen2", "qwen3")
-VLM_TYPES = ("llava",)
+VLM_TYPES = ("llava", "idefics3", "gemma3")
 PROMPT = "how many dots are there ?"
 NEW_TOKENS = 10
 
@@ -140,7 +140,9 @@ def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model
     decoder = manifest.graphs["decoder"]
     names = [t.name for t in decoder.inputs]
     assert names[:4] == ["inputs_embeds", "attention_mask", "position_ids", "logits_indices"]
-    assert len(names) == 4 + 2 * manifest.num_layers == 4 + 2 * 3
+    assert ("token_type_ids" in names) == manifest.token_type_ids == (model_type == "gemma3")
+    assert len(names) == 4 + manifest.token_type_ids + 2 * manifest.num_layers
+    assert manifest.num_layers == 3
     assert decoder.inputs[1].shape == ("batch", "total_sequence_length")
     assert decoder.outputs[1].shape[1:] == (
         manifest.num_kv_heads,
@@ -182,14 +184,14 @@ def test_parity_failure_raises_build_error(
 def test_unsupported_architecture_fails_before_any_work(tmp_path: Path) -> None:
     import transformers
 
-    with pytest.raises(BuildError, match="`qwen2_vl`"):
-        check_onnx_supported("qwen2_vl")
-    with pytest.raises(BuildError, match=r"`bert`.*supported: llama, llava"):
+    with pytest.raises(BuildError, match="`qwen3_vl`"):
+        check_onnx_supported("qwen3_vl")
+    with pytest.raises(BuildError, match=r"`bert`.*supported: gemma3, idefics3, llama, llava"):
         check_onnx_supported("bert")
-    spec = SPECS["gemma3"]
+    spec = SPECS["qwen2_vl"]
     model = getattr(transformers, spec.model_class)(spec.config(2))
     out = tmp_path / "never"
-    with pytest.raises(BuildError, match="`gemma3`"):
+    with pytest.raises(BuildError, match="`qwen2_vl`"):
         emit_onnx(model, None, out, target=TargetSpec(kind="onnx", path=out))
     assert not out.exists()
 
@@ -207,10 +209,11 @@ def test_run_matches_pytorch_generate_text(
 
 
 @pytest.mark.parametrize("with_image", [True, False])
-def test_run_matches_pytorch_generate_llava(
-    artifact: Callable[..., Artifact], tmp_path: Path, with_image: bool
+@pytest.mark.parametrize("model_type", VLM_TYPES)
+def test_run_matches_pytorch_generate_vlm(
+    artifact: Callable[..., Artifact], tmp_path: Path, model_type: str, with_image: bool
 ) -> None:
-    art = artifact("llava")
+    art = artifact(model_type)
     inputs = _hf_prompt(art, with_image)
     expected = _torch_tokens(art, inputs)
     extra: list[str] = []

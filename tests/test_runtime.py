@@ -46,7 +46,7 @@ def test_prompt_ids_match_the_hf_processor(llava_dir: Path, with_image: bool) ->
     builder = PromptBuilder(llava_dir, image_token_id=4)
     rendered = builder.render("how many dots are there ?", with_image=with_image)
     assert rendered == text
-    ids = builder.encode(rendered, 17 if with_image else None)
+    ids = builder.encode(rendered, ((4,), (4,) * 17) if with_image else None)
     np.testing.assert_array_equal(ids, expected)
     assert int((ids == 4).sum()) == (17 if with_image else 0)
 
@@ -91,3 +91,18 @@ def test_run_on_a_directory_without_manifest_is_a_usage_error(
         main(["run", str(tmp_path), "--prompt", "hello"])
     assert exit_info.value.code == ExitCode.USAGE
     assert "not an ONNX artifact" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model_type", "size"), [("gemma3", (32, 32)), ("gemma3", (48, 20)), ("idefics3", (32, 32))]
+)
+def test_preprocess_matches_other_vlm_processors(
+    tiny_model: Callable[..., Path], model_type: str, size: tuple[int, int]
+) -> None:
+    directory = tiny_model(model_type, num_layers=3)
+    processor = load_processor(model_type, directory)
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    expected = processor.image_processor(images=image, return_tensors="np")["pixel_values"]
+    got = preprocess(image, load_image_config(directory), pad_to=(32, 32))
+    np.testing.assert_allclose(got, expected.reshape(got.shape), atol=1e-5)

@@ -26,14 +26,14 @@ def _load(directory: Path, threads: int | None):  # type: ignore[no-untyped-def]
         raise BuildError(f"cannot load {directory}: {err}") from err
 
 
-def _pixels(directory: Path, image: Path) -> object:
+def _pixels(directory: Path, image: Path, pad_to: tuple[int, int] | None) -> object:
     from PIL import Image, UnidentifiedImageError
 
     from prunec.runtime.image import load_image_config, preprocess
 
     try:
         with Image.open(image) as img:
-            return preprocess(img, load_image_config(directory))
+            return preprocess(img, load_image_config(directory), pad_to)
     except (OSError, UnidentifiedImageError) as err:
         raise click.BadParameter(f"cannot read image {image}: {err}", param_hint="--image") from err
 
@@ -66,7 +66,7 @@ def command(
     show_ids: bool,
 ) -> None:
     """Generate text greedily from an ONNX artifact written by `target onnx`."""
-    from prunec.runtime.text import PromptBuilder
+    from prunec.runtime.text import PromptBuilder, image_expansion
 
     gen = _load(directory, threads)
     manifest = gen.manifest
@@ -82,8 +82,8 @@ def command(
             text = builder.render(prompt, with_image=image is not None)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--image") from err
-    pixels = _pixels(directory, image) if image is not None else None
-    ids = builder.encode(text, manifest.image_tokens_per_image if image is not None else None)
+    pixels = _pixels(directory, image, manifest.image_size) if image is not None else None
+    ids = builder.encode(text, image_expansion(manifest) if image is not None else None)
     try:
         result = gen.generate(ids, pixels, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
     except ValueError as err:

@@ -53,6 +53,9 @@ class OnnxGenerator:
             raise ValueError(f"this {self.manifest.model_type} artifact has no vision graph")
         pixels = np.asarray(pixel_values, dtype=np.float32)
         session = self.sessions["vision_encoder"]
+        shape = self.manifest.pixel_values_shape
+        if shape is not None and len(shape) == 5 and pixels.ndim == 4:
+            pixels = pixels[:, None]  # an images axis (Idefics3), one image per call
         # the vision graph takes one image per call (fixed-grid export)
         feats = [
             session.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(len(pixels))
@@ -71,11 +74,13 @@ class OnnxGenerator:
         position_ids: np.ndarray,
         past: list[np.ndarray] | None = None,
         logits_indices: np.ndarray | None = None,
+        token_type_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder call: logits [batch, len(logits_indices), vocab] and the new cache.
 
         logits_indices: positions of this call's tokens to project onto the vocabulary
-        (None = all of them). The cache is empty without KV.
+        (None = all of them). token_type_ids: 1 for image tokens, only used by decoders that
+        take them (None = all text). The cache is empty without KV.
         """
         seq = inputs_embeds.shape[1]
         keep = np.arange(seq) if logits_indices is None else np.asarray(logits_indices)
@@ -85,6 +90,13 @@ class OnnxGenerator:
             "position_ids": position_ids.astype(np.int64),
             "logits_indices": keep.astype(np.int64).reshape(-1),
         }
+        if self.manifest.token_type_ids:
+            types = (
+                np.zeros(inputs_embeds.shape[:2], np.int64)
+                if token_type_ids is None
+                else token_type_ids
+            )
+            feed["token_type_ids"] = types.astype(np.int64)
         if self.manifest.kv_cache:
             past = past if past is not None else self.empty_past(inputs_embeds.shape[0])
             for i in range(self.manifest.num_layers):
@@ -128,12 +140,13 @@ class OnnxGenerator:
         total = ids.shape[1]
         step_in = embeds
         positions = np.arange(total, dtype=np.int64)[None]
+        types = (ids == self.manifest.image_token_id).astype(np.int64)
         t0 = time.perf_counter()
         prefill_s = 0.0
         while len(tokens) < max_new_tokens:
             mask = np.ones((1, total), np.int64)
             last = np.array([step_in.shape[1] - 1], np.int64)
-            logits, present = self.decode(step_in, mask, positions, past, last)
+            logits, present = self.decode(step_in, mask, positions, past, last, types)
             if not tokens:
                 prefill_s = time.perf_counter() - t0
             token = int(np.argmax(logits[0, -1]))
@@ -144,9 +157,11 @@ class OnnxGenerator:
             if self.manifest.kv_cache:
                 past, step_in = present, new
                 positions = np.array([[total]], np.int64)
+                types = np.zeros((1, 1), np.int64)
             else:  # no cache: recompute the whole sequence
                 step_in = np.concatenate([step_in, new], axis=1)
                 positions = np.arange(total + 1, dtype=np.int64)[None]
+                types = np.concatenate([types, np.zeros((1, 1), np.int64)], axis=1)
             total += 1
         decode_s = time.perf_counter() - t0 - prefill_s
         return GenerationResult(tuple(tokens), tuple(int(i) for i in ids[0]), prefill_s, decode_s)

@@ -27,6 +27,9 @@ def _resize_size(size: dict[str, int], width: int, height: int) -> tuple[int, in
     """Target (width, height): fixed, or shortest edge scaled keeping the aspect ratio."""
     if "height" in size and "width" in size:
         return size["width"], size["height"]
+    if "longest_edge" in size:
+        scale = size["longest_edge"] / max(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
     short = size["shortest_edge"]
     if width <= height:
         return short, int(short * height / width)
@@ -39,8 +42,14 @@ def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return image[top : top + height, left : left + width]
 
 
-def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
-    """pixel_values [1, 3, H, W] float32, as the CLIP/SigLIP-style processors compute them."""
+def preprocess(
+    image: Image.Image, config: dict[str, Any], pad_to: tuple[int, int] | None = None
+) -> np.ndarray:
+    """pixel_values [1, 3, H, W] float32, as the CLIP/SigLIP-style processors compute them.
+
+    pad_to: (height, width) to zero-pad to at the bottom and right after normalising
+    (Idefics3-style processors pad to their maximum size).
+    """
     if config.get("do_convert_rgb", True):
         image = image.convert("RGB")
     if config.get("do_resize", True):
@@ -57,4 +66,8 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
         mean = np.asarray(config["image_mean"], np.float32)
         std = np.asarray(config["image_std"], np.float32)
         array = (array - mean) / std
+    if pad_to is not None and array.shape[:2] != tuple(pad_to):
+        padded = np.zeros((pad_to[0], pad_to[1], 3), np.float32)
+        padded[: array.shape[0], : array.shape[1]] = array[: pad_to[0], : pad_to[1]]
+        array = padded
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32)

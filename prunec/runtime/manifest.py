@@ -41,6 +41,13 @@ class Manifest:
     image_token_id: placeholder id that image features replace, in order (VLMs; else None).
     image_tokens_per_image: features per image = placeholders per image (VLMs; else None).
     image_size: [height, width] the vision graph was exported for (VLMs; else None).
+    image_placeholder_ids / image_expansion_ids: the ids the chat template writes for one
+        image, and the ids the model's processor puts in their place (e.g. boundary tokens
+        around `image_tokens_per_image` placeholders); None = repeat `image_token_id`.
+    pixel_values_shape: the vision graph's input shape for one image (4-D, or 5-D with an
+        images axis for processors such as Idefics3's).
+    token_type_ids: the decoder takes `token_type_ids` [batch, seq] (1 where the token is
+        `image_token_id`).
     eos_token_ids: generation stops after emitting any of these.
     quantize: "none" or "int8" (dynamic int8 weights on MatMul/Gemm).
     """
@@ -57,6 +64,10 @@ class Manifest:
     image_token_id: int | None = None
     image_tokens_per_image: int | None = None
     image_size: tuple[int, int] | None = None
+    image_placeholder_ids: tuple[int, ...] | None = None
+    image_expansion_ids: tuple[int, ...] | None = None
+    pixel_values_shape: tuple[int, ...] | None = None
+    token_type_ids: bool = False
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     quantize: str = "none"
@@ -83,7 +94,13 @@ class Manifest:
             )
             for role, g in data.pop("graphs").items()
         }
-        for key in ("eos_token_ids", "image_size"):
+        for key in (
+            "eos_token_ids",
+            "image_size",
+            "image_placeholder_ids",
+            "image_expansion_ids",
+            "pixel_values_shape",
+        ):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(graphs=graphs, **data)

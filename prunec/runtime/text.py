@@ -72,16 +72,40 @@ class PromptBuilder:
             messages=messages, add_generation_prompt=True, **self.special
         )
 
-    def encode(self, text: str, image_tokens_per_image: int | None = None) -> np.ndarray:
-        """Token ids, with each image placeholder repeated once per image feature."""
-        ids = self.tokenizer.encode(text).ids
-        if image_tokens_per_image and self.image_token_id is not None:
-            expanded: list[int] = []
-            for token in ids:
-                reps = image_tokens_per_image if token == self.image_token_id else 1
-                expanded += [token] * reps
-            ids = expanded
+    def encode(
+        self, text: str, expansion: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    ) -> np.ndarray:
+        """Token ids; `expansion` = (placeholder ids, the ids that replace each occurrence)."""
+        ids = list(self.tokenizer.encode(text).ids)
+        if expansion is not None:
+            ids = replace_runs(ids, *expansion)
         return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def replace_runs(ids: list[int], old: tuple[int, ...], new: tuple[int, ...]) -> list[int]:
+    """Replace every occurrence of the id sequence `old` in `ids` by `new`."""
+    if not old:
+        return ids
+    out: list[int] = []
+    i = 0
+    while i < len(ids):
+        if tuple(ids[i : i + len(old)]) == old:
+            out += new
+            i += len(old)
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def image_expansion(manifest: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """What replaces one image's placeholder ids in a prompt, from the artifact's manifest."""
+    if manifest.image_placeholder_ids is not None and manifest.image_expansion_ids is not None:
+        return tuple(manifest.image_placeholder_ids), tuple(manifest.image_expansion_ids)
+    if manifest.image_token_id is None or not manifest.image_tokens_per_image:
+        return None
+    token = int(manifest.image_token_id)
+    return (token,), (token,) * int(manifest.image_tokens_per_image)

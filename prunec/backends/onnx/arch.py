@@ -19,11 +19,16 @@ class OnnxArch:
         (pixel values -> image features projected into the text embedding space).
     image_token_attr: config attribute holding the placeholder token id (VLMs only).
     positions: the position-id scheme the decoder graph takes (see PositionScheme).
+    token_type_ids: the decoder also takes `token_type_ids` [batch, seq] (1 = image token):
+        Gemma 3 lets the tokens of one image attend to each other bidirectionally.
+    pixel_ndim: 4 = [images, 3, H, W]; 5 = [batch, images, 3, H, W] (Idefics3).
     """
 
     vision: bool = False
     image_token_attr: str = "image_token_id"
     positions: PositionScheme = "1d"
+    token_type_ids: bool = False
+    pixel_ndim: int = 4
 
 
 #: model_type -> layout. A new family is a new entry once its parity tests pass.
@@ -33,6 +38,8 @@ ARCHITECTURES: dict[str, OnnxArch] = {
     "qwen2": OnnxArch(),
     "qwen3": OnnxArch(),
     "llava": OnnxArch(vision=True, image_token_attr="image_token_id"),
+    "idefics3": OnnxArch(vision=True, image_token_attr="image_token_id", pixel_ndim=5),
+    "gemma3": OnnxArch(vision=True, image_token_attr="image_token_id", token_type_ids=True),
 }
 
 #: Known VLM families that are not exported yet, with the reason users see.
@@ -41,8 +48,6 @@ NOT_YET: dict[str, str] = {
     "dynamic shapes are not handled yet",
     "qwen2_5_vl": "3-D M-RoPE positions and a windowed vision tower are not handled yet",
     "qwen3_vl": "3-D M-RoPE positions and deepstack visual features are not handled yet",
-    "idefics3": "image splitting and the connector's pixel shuffle are not wired into the runner yet",
-    "gemma3": "bidirectional attention over image tokens is not expressed in the decoder graph yet",
 }
 
 

@@ -99,7 +99,8 @@ def _synthetic_samples(model: nn.Module, arch: OnnxArch, layout: ex.KvLayout) ->
     if not arch.vision:
         return [Sample(words, np.ones_like(words), None)]
     height, width = _image_size(model, [])
-    pixels = rng.standard_normal((1, 3, height, width)).astype(np.float32)
+    shape = (1, 3, height, width) if arch.pixel_ndim == 4 else (1, 1, 3, height, width)
+    pixels = rng.standard_normal(shape).astype(np.float32)
     with torch.no_grad():
         count = ex._Vision(model)(torch.from_numpy(pixels)).shape[1]
     slots = np.full((1, count), _image_token_id(model, arch))
@@ -126,7 +127,9 @@ def _export_all(
         assert pixels is not None
         ex.export_vision(model, torch.from_numpy(pixels), paths["vision_encoder"], target.opset)
     paths["decoder"] = out_dir / (ex.DECODER_FILE if target.kv_cache else ex.DECODER_NO_CACHE_FILE)
-    ex.export_decoder(model, layout, paths["decoder"], target.opset, target.kv_cache)
+    ex.export_decoder(
+        model, layout, paths["decoder"], target.opset, target.kv_cache, arch.token_type_ids
+    )
     for path in paths.values():
         _check(path)
     return paths
@@ -134,6 +137,7 @@ def _export_all(
 
 def _write_manifest(
     model: nn.Module,
+    processor: Any | None,
     arch: OnnxArch,
     out_dir: Path,
     target: TargetSpec,
@@ -150,7 +154,12 @@ def _write_manifest(
             "image_token_id": _image_token_id(model, arch),
             "image_tokens_per_image": int(count),
             "image_size": _image_size(model, samples),
+            "pixel_values_shape": (1, *pixels.shape[1:]),
+            "token_type_ids": arch.token_type_ids,
         }
+        expansion = _image_expansion(processor, out_dir, vision["image_size"])
+        if expansion is not None:
+            vision["image_placeholder_ids"], vision["image_expansion_ids"] = expansion
     text = model.config.get_text_config(decoder=True)  # type: ignore[union-attr,operator]
     manifest = Manifest(
         model_type=str(model.config.model_type),  # type: ignore[union-attr]
@@ -169,6 +178,48 @@ def _write_manifest(
     )
     manifest.write(out_dir)
     return manifest
+
+
+def _common_ends(a: list[int], b: list[int]) -> tuple[int, int]:
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    return head, tail
+
+
+def _image_expansion(
+    processor: Any | None, out_dir: Path, image_size: tuple[int, int]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """How the processor expands one image's placeholder: (template ids, processor ids).
+
+    Renders a one-image chat prompt, tokenizes it as the runner will (tokenizer.json) and as
+    the processor does (with an image), and keeps the part between their common ends.
+    None when there is no processor with an image processor (the runner then repeats the
+    image token once per feature).
+    """
+    if processor is None or getattr(processor, "image_processor", None) is None:
+        return None
+    from PIL import Image
+
+    from prunec.runtime.text import PromptBuilder
+
+    builder = PromptBuilder(out_dir)
+    if builder.chat_template is None:
+        return None
+    text = builder.render("what", with_image=True)
+    plain = list(builder.tokenizer.encode(text).ids)
+    pixels = np.random.default_rng(0).integers(0, 255, (*image_size, 3), dtype=np.uint8)
+    out = processor(text=text, images=Image.fromarray(pixels, "RGB"), return_tensors="np")
+    expanded = [int(i) for i in np.asarray(out["input_ids"])[0]]
+    head, tail = _common_ends(plain, expanded)
+    if head + tail >= len(plain) and head > 0:
+        # the placeholder is a prefix of its own expansion (`<image>` -> `<image>` x N):
+        # give it back to the placeholder so there is something to find and replace
+        head -= 1
+    return tuple(plain[head : len(plain) - tail]), tuple(expanded[head : len(expanded) - tail])
 
 
 def _save_side_files(model: nn.Module, processor: Any | None, out_dir: Path) -> None:
@@ -224,8 +275,8 @@ def emit_onnx(
     if arch.vision and not any(s.pixel_values is not None for s in samples):
         samples += _synthetic_samples(model, arch, layout)
     paths = _export_all(model, arch, out_dir, target, samples)
-    _write_manifest(model, arch, out_dir, target, paths, samples)
     _save_side_files(model, processor, out_dir)
+    _write_manifest(model, processor, arch, out_dir, target, paths, samples)
 
     diffs, tolerance, float_logits = _float_parity(model, out_dir, arch, samples)
     int8_diff = int8_top1 = None

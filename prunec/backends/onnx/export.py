@@ -93,13 +93,16 @@ class _Vision(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """inputs_embeds, attention_mask, position_ids, logits_indices, *past -> logits, *present."""
+    """inputs_embeds, attention_mask, position_ids, logits_indices, [token_type_ids], *past."""
 
-    def __init__(self, model: nn.Module, layout: KvLayout, kv_cache: bool):
+    def __init__(
+        self, model: nn.Module, layout: KvLayout, kv_cache: bool, token_types: bool = False
+    ):
         super().__init__()
         self.model = model
         self.layout = layout
         self.kv_cache = kv_cache
+        self.token_types = token_types
 
     def forward(
         self,
@@ -107,9 +110,14 @@ class _Decoder(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         logits_indices: torch.Tensor,
-        *past: torch.Tensor,
+        *rest: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
+
+        extra: dict[str, torch.Tensor] = {}
+        past = rest
+        if self.token_types:
+            extra["token_type_ids"], past = rest[0], rest[1:]
 
         cache = None
         if self.kv_cache:
@@ -127,6 +135,7 @@ class _Decoder(nn.Module):
             # a tensor here selects positions: generation needs only the last one, which
             # skips the vocabulary projection for every other prompt token
             logits_to_keep=logits_indices,
+            **extra,
         )
         if not self.kv_cache:
             return (out.logits,)
@@ -191,7 +200,12 @@ def export_vision(model: nn.Module, pixel_values: torch.Tensor, path: Path, opse
 
 
 def export_decoder(
-    model: nn.Module, layout: KvLayout, path: Path, opset: int, kv_cache: bool
+    model: nn.Module,
+    layout: KvLayout,
+    path: Path,
+    opset: int,
+    kv_cache: bool,
+    token_types: bool = False,
 ) -> None:
     """The language model with its head; with `kv_cache`, past/present key values too."""
     from torch.export import Dim
@@ -212,12 +226,19 @@ def export_decoder(
     args: tuple[torch.Tensor, ...] = (embeds, mask, positions, keep)
     names = ["inputs_embeds", "attention_mask", "position_ids", "logits_indices"]
     outputs = ["logits"]
+    rest: list[dict[int, Any]] = []  # shapes of the *rest varargs, in order
+    if token_types:
+        args += (torch.tensor([[0, 1, 1], [1, 1, 0]], dtype=torch.long),)
+        rest.append({0: b, 1: s})
+        names.append("token_type_ids")
     if kv_cache:
         kv_shape = (batch, layout.num_kv_heads, past_len, layout.head_dim)
         args += tuple(torch.randn(kv_shape) for _ in range(2 * layout.num_layers))
-        shapes["past"] = tuple({0: b, 2: Dim(PAST)} for _ in range(2 * layout.num_layers))
+        rest += [{0: b, 2: Dim(PAST)} for _ in range(2 * layout.num_layers)]
         names += layout.past_names()
         outputs += layout.present_names()
-    wrapper = _Decoder(model, layout, kv_cache).eval()
+    if rest:
+        shapes["rest"] = tuple(rest)
+    wrapper = _Decoder(model, layout, kv_cache, token_types).eval()
     rename: dict[str, list[str | int]] = {"attention_mask": [BATCH, TOTAL if kv_cache else SEQ]}
     _export(wrapper, args, shapes, names, outputs, path, opset, rename)

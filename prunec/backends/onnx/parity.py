@@ -41,12 +41,22 @@ def to_sample(inputs: dict[str, Any]) -> Sample:
     )
 
 
-def _torch_logits(model: nn.Module, sample: Sample) -> np.ndarray:
+def _token_types(gen: OnnxGenerator, ids: np.ndarray, with_image: bool) -> np.ndarray | None:
+    if not gen.manifest.token_type_ids:
+        return None
+    if not with_image:
+        return np.zeros_like(ids)
+    return (ids == gen.manifest.image_token_id).astype(np.int64)
+
+
+def _torch_logits(model: nn.Module, sample: Sample, types: np.ndarray | None) -> np.ndarray:
     kwargs: dict[str, Any] = {
         "input_ids": torch.from_numpy(sample.input_ids),
         "attention_mask": torch.from_numpy(sample.attention_mask),
         "position_ids": torch.from_numpy(positions_from_mask(sample.attention_mask)),
     }
+    if types is not None:
+        kwargs["token_type_ids"] = torch.from_numpy(types)
     if sample.pixel_values is not None:
         kwargs["pixel_values"] = torch.from_numpy(sample.pixel_values)
     with torch.no_grad():
@@ -62,17 +72,24 @@ def decoder_diffs(
     model: nn.Module, gen: OnnxGenerator, sample: Sample
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Max diff of prefill and cached decode logits; also the ORT and torch logits."""
-    ref = _torch_logits(model, sample)
+    types = _token_types(gen, sample.input_ids, sample.pixel_values is not None)
+    ref = _torch_logits(model, sample, types)
     embeds = gen.prompt_embeds(sample.input_ids, sample.pixel_values)
     mask = sample.attention_mask
     positions = positions_from_mask(mask)
-    logits, _ = gen.decode(embeds, mask, positions)
+    logits, _ = gen.decode(embeds, mask, positions, token_type_ids=types)
     worst = _masked_max(logits, ref, mask)
     split = max(1, sample.input_ids.shape[1] - 2)
     if gen.manifest.kv_cache and split < sample.input_ids.shape[1]:
         # prefill the head, then feed the last tokens against the cache: exercises past > 0
-        _, past = gen.decode(embeds[:, :split], mask[:, :split], positions[:, :split])
-        tail, _ = gen.decode(embeds[:, split:], mask, positions[:, split:], past)
+        head_types = None if types is None else types[:, :split]
+        tail_types = None if types is None else types[:, split:]
+        _, past = gen.decode(
+            embeds[:, :split], mask[:, :split], positions[:, :split], token_type_ids=head_types
+        )
+        tail, _ = gen.decode(
+            embeds[:, split:], mask, positions[:, split:], past, token_type_ids=tail_types
+        )
         worst = max(worst, _masked_max(tail, ref[:, split:], mask[:, split:]))
     return worst, logits, ref
 
@@ -108,7 +125,13 @@ def _row_pixels(sample: Sample, index: int) -> np.ndarray | None:
     return sample.pixel_values[index : index + 1]
 
 
-def torch_greedy(model: nn.Module, sample: Sample, max_new_tokens: int) -> list[int]:
+def torch_greedy(
+    model: nn.Module,
+    sample: Sample,
+    max_new_tokens: int,
+    token_types: bool = False,
+    image_token_id: int | None = None,
+) -> list[int]:
     """PyTorch's greedy tokens for the longest row of `sample` (padding stripped)."""
     index = _longest_row(sample)
     row = sample.attention_mask[index].astype(bool)
@@ -117,6 +140,8 @@ def torch_greedy(model: nn.Module, sample: Sample, max_new_tokens: int) -> list[
     pixels = _row_pixels(sample, index)
     if pixels is not None:
         kwargs["pixel_values"] = torch.from_numpy(pixels)
+        if token_types:
+            kwargs["token_type_ids"] = torch.eq(ids, int(image_token_id or 0)).long()
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]
             ids, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
@@ -128,7 +153,8 @@ def greedy_agreement(
     model: nn.Module, gen: OnnxGenerator, sample: Sample, max_new_tokens: int = 8
 ) -> float:
     """Fraction of torch's greedy tokens the runner reproduces, position by position."""
-    expected = torch_greedy(model, sample, max_new_tokens)
+    m = gen.manifest
+    expected = torch_greedy(model, sample, max_new_tokens, m.token_type_ids, m.image_token_id)
     index = _longest_row(sample)
     row = sample.attention_mask[index].astype(bool)
     got = gen.generate(
