@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prunec.errors import Diagnostic, Span, SpecError
-from prunec.plan.model import Plan
+from prunec.plan.model import Budget, Plan
 
 Regime = Literal["low", "moderate", "high"]
 
@@ -35,6 +35,12 @@ def regime_for(budget: int, num_layers: int) -> Regime:
     return "high"
 
 
+def _budget_written(budget: Budget | None, layers: int) -> str:
+    if budget is not None and budget.percent is not None:
+        return f"{budget.percent:g}%"
+    return f"{layers} layer" + ("" if layers == 1 else "s")
+
+
 @dataclass(frozen=True)
 class Constraints:
     """Everything the planner needs, with the model's layer count resolved.
@@ -44,6 +50,7 @@ class Constraints:
     protect: layers never removed, besides the first `keep_first` and last `keep_last`.
     spacing_weight: None = chosen by the strategy (`auto`: by regime; others: 0).
     weights: domain weights (None = equal); normalised by the planner.
+    budget_written: the budget as the spec wrote it ("25%"), for error messages.
     spans: where the spec wrote each setting (`Plan.spans`), for error messages.
     """
 
@@ -59,6 +66,7 @@ class Constraints:
     tokens: Literal["all", "last"] = "all"
     remove: tuple[int, ...] | None = None
     weights: Mapping[str, float] | None = None
+    budget_written: str | None = None
     spans: Mapping[str, Span] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -85,6 +93,7 @@ class Constraints:
             tokens=prune.tokens,
             remove=tuple(remove) if remove is not None else None,
             weights=plan.normalized_weights() if plan.domains else None,
+            budget_written=_budget_written(prune.budget, budget),
             spans=dict(plan.spans),
         )
 
@@ -161,28 +170,26 @@ class Selection:
 
 
 def constraint_problems(c: Constraints) -> list[Diagnostic]:
-    """Every reason the constraints cannot be met that has a closed form, each with a span."""
-    problems: list[Diagnostic] = []
+    """Every reason the constraints cannot be met that has a closed form, each with a span.
+
+    This is the one home of the rules that need the model's layer count: `prunec check`
+    (through `validate_against_model`, when the config is readable), `build` and `solve`
+    all report through it.
+    """
     n, k = c.num_layers, c.budget
     budget_span = c.span("prune.budget", "prune.remove", "prune")
-    last = f"the model has {n} decoder layers (0-{n - 1})"
-    for key, layers in (("protect", c.protect), ("remove", c.remove or ())):
-        for i, layer in enumerate(layers):
-            if not 0 <= layer < n:
-                problems.append(
-                    Diagnostic(
-                        "E302",
-                        f"{key}: layer {layer} does not exist; {last}",
-                        c.span(f"prune.{key}.{i}", f"prune.{key}"),
-                    )
-                )
+    problems = _index_problems(c)
     if k < 1:
         problems.append(Diagnostic("E205", f"budget {k} removes no layer", budget_span))
         return problems
     if k >= n:
+        written = c.budget_written or f"{k} layers"
         problems.append(
             Diagnostic(
-                "E301", f"budget {k} removes every decoder layer; the model has {n}", budget_span
+                "E301",
+                f"budget {written} removes {k} of the model's {n} layers",
+                budget_span,
+                help=f"the budget must leave at least one layer; at most {n - 1}",
             )
         )
         return problems
@@ -190,18 +197,7 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
         problems.append(Diagnostic("E205", "max_run must be at least 1", c.span("prune.max_run")))
         return problems
     if c.remove is not None:
-        # Manual selection: the listed layers must not be ones the spec also keeps.
-        for i, layer in enumerate(c.remove):
-            if layer in c.forbidden:
-                problems.append(
-                    Diagnostic(
-                        "E305",
-                        f"layer {layer} is listed in `remove` but the spec also keeps it",
-                        c.span(f"prune.remove.{i}", "prune.remove"),
-                        notes=(_forbidden_note(c),),
-                    )
-                )
-        return problems
+        return problems  # manual: the listed layers were checked above
     removable = n - len(c.forbidden)
     if k > removable:
         problems.append(
@@ -216,6 +212,40 @@ def constraint_problems(c: Constraints) -> list[Diagnostic]:
     if spacing is not None:
         problems.append(spacing)
     return problems
+
+
+def _index_problems(c: Constraints) -> list[Diagnostic]:
+    """Out-of-range `protect`/`remove` indices, and removed layers the spec also keeps."""
+    n = c.num_layers
+    problems: list[Diagnostic] = []
+    for key, layers in (("protect", c.protect), ("remove", c.remove or ())):
+        for i, layer in enumerate(layers):
+            span = c.span(f"prune.{key}.{i}", f"prune.{key}")
+            if not 0 <= layer < n:
+                problems.append(
+                    Diagnostic(
+                        "E302",
+                        f"layer {layer} does not exist; the model has {n} layers "
+                        f"(0 to {n - 1}; indices are 0-based)",
+                        span,
+                    )
+                )
+            elif key == "remove" and (keeper := _keeper(c, layer)) is not None:
+                problems.append(
+                    Diagnostic("E305", f"layer {layer} is removed but `{keeper}` keeps it", span)
+                )
+    return problems
+
+
+def _keeper(c: Constraints, layer: int) -> str | None:
+    """The setting that keeps `layer`, or None when it may be removed."""
+    if layer < c.keep_first:
+        return f"keep first {c.keep_first}"
+    if layer >= c.num_layers - c.keep_last:
+        return f"keep last {c.keep_last}"
+    if layer in c.protect:
+        return "protect"
+    return None
 
 
 def _spacing_problem(c: Constraints) -> Diagnostic | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prunec.errors import Diagnostic, Span
+from prunec.errors import Diagnostic, Span, SpecError
 from prunec.plan.model import Plan
 from prunec.syntax.lower import is_dir, is_file
 
@@ -13,110 +13,38 @@ from prunec.syntax.lower import is_dir, is_file
 def validate_against_model(plan: Plan, num_layers: int) -> list[Diagnostic]:
     """Every problem of `plan` that shows only once the model has `num_layers` decoder layers.
 
-    Budget too large, out-of-range `remove`/`protect` indices, `keep last` hitting a removed
-    layer, too few removable layers, and spacing limits that cannot be met. Each diagnostic
-    points at the offending span recorded in `plan.spans`.
+    Budget too large, out-of-range `remove`/`protect` indices, removed layers the spec also
+    keeps, too few removable layers, and spacing limits that cannot be met: the planner's
+    constraint rules (`prunec.planning.problem.constraint_problems`, their one home), plus a
+    percentage budget that disagrees with an explicit `remove` list. Each diagnostic points at
+    the offending span recorded in `plan.spans`.
     """
+    from prunec.planning.problem import Constraints, constraint_problems
+
+    out = _percent_vs_remove(plan, num_layers)
+    try:
+        constraints = Constraints.from_plan(plan, num_layers)
+    except SpecError as err:
+        return out + list(err.diagnostics)
+    return out + constraint_problems(constraints)
+
+
+def _percent_vs_remove(plan: Plan, num_layers: int) -> list[Diagnostic]:
     prune = plan.prune
-    out: list[Diagnostic] = []
-    budget_span = plan.span("prune.budget") or plan.span("prune")
-    k = prune.budget.resolve(num_layers) if prune.budget is not None else None
-    if prune.remove is not None:
-        k = len(prune.remove)
-    if prune.budget is not None and (b := prune.budget.resolve(num_layers)) >= num_layers:
-        written = (
-            f"{prune.budget.percent:g}%" if prune.budget.percent is not None else f"{b} layers"
+    if prune.budget is None or prune.budget.percent is None or prune.remove is None:
+        return []
+    b = prune.budget.resolve(num_layers)
+    if b == len(prune.remove):
+        return []
+    return [
+        Diagnostic(
+            "E306",
+            f"budget {prune.budget.percent:g}% of {num_layers} layers is {b}, "
+            f"but `remove` lists {len(prune.remove)}",
+            plan.span("prune.budget") or plan.span("prune"),
+            help="drop the `budget` line; `remove` already says how many",
         )
-        out.append(
-            Diagnostic(
-                "E301",
-                f"budget {written} removes {b} of the model's {num_layers} layers",
-                budget_span,
-                help=f"the budget must leave at least one layer; at most {num_layers - 1}",
-            )
-        )
-        return out + _index_checks(plan, num_layers)
-    if prune.budget is not None and prune.budget.percent is not None and prune.remove is not None:
-        b = prune.budget.resolve(num_layers)
-        if b != len(prune.remove):
-            out.append(
-                Diagnostic(
-                    "E306",
-                    f"budget {prune.budget.percent:g}% of {num_layers} layers is {b}, "
-                    f"but `remove` lists {len(prune.remove)}",
-                    budget_span,
-                    help="drop the `budget` line; `remove` already says how many",
-                )
-            )
-    out += _index_checks(plan, num_layers)
-    if k is not None and prune.remove is None:
-        out += _capacity_checks(plan, num_layers, k)
-    return out
-
-
-def _index_checks(plan: Plan, num_layers: int) -> list[Diagnostic]:
-    prune = plan.prune
-    out: list[Diagnostic] = []
-    for key, indices in (("protect", prune.protect), ("remove", prune.remove or ())):
-        for position, index in enumerate(indices):
-            span = plan.span(f"prune.{key}.{position}")
-            if index >= num_layers:
-                out.append(
-                    Diagnostic(
-                        "E302",
-                        f"layer {index} does not exist; the model has {num_layers} layers "
-                        f"(0 to {num_layers - 1}; indices are 0-based)",
-                        span,
-                    )
-                )
-            elif key == "remove" and index >= num_layers - prune.keep_last:
-                out.append(
-                    Diagnostic(
-                        "E305",
-                        f"layer {index} is removed but `keep last {prune.keep_last}` keeps it",
-                        span,
-                    )
-                )
-    return out
-
-
-def _capacity_checks(plan: Plan, num_layers: int, k: int) -> list[Diagnostic]:
-    prune = plan.prune
-    span = plan.span("prune.budget") or plan.span("prune")
-    window = max(num_layers - prune.keep_first - prune.keep_last, 0)
-    inside = {i for i in prune.protect if prune.keep_first <= i < num_layers - prune.keep_last}
-    removable = window - len(inside)
-    if removable < k:
-        return [
-            Diagnostic(
-                "E303",
-                f"the budget removes {k} layers but `keep` and `protect` leave only "
-                f"{removable} of the {num_layers} removable",
-                span,
-            )
-        ]
-    # Removed layers come in runs of at most `run`, separated by at least `gap` kept layers.
-    min_gap = prune.min_gap or 0
-    run = 1 if min_gap >= 1 else (prune.max_run or k)
-    gap = max(min_gap, 1)
-    runs = -(-k // run)
-    needed = k + (runs - 1) * gap
-    if needed > window:
-        limits = " ".join(
-            f"{name} {value}"
-            for name, value in (("max_run", prune.max_run), ("min_gap", prune.min_gap))
-            if value is not None
-        )
-        where = "" if window == num_layers else f" between the kept ends ({window} there)"
-        return [
-            Diagnostic(
-                "E304",
-                f"budget {k} with {limits} needs at least {needed} layers{where}; "
-                f"the model has {num_layers}",
-                span,
-            )
-        ]
-    return []
+    ]
 
 
 def missing_file_warnings(plan: Plan) -> list[Diagnostic]:
