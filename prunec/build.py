@@ -140,7 +140,7 @@ def check_targets_supported(plan: Plan, model_type: str) -> None:
 
 
 def evaluate_domains(
-    plan: Plan, loaded: LoadedModel, reporter: Reporter | None = None
+    plan: Plan, loaded: LoadedModel, reporter: Reporter | None = None, label: str = ""
 ) -> dict[str, DomainEval]:
     """Evaluate the model on every gated domain's evaluation data."""
     from prunec.data import read_records
@@ -157,7 +157,7 @@ def evaluate_domains(
         result = results[gate.domain]
         _say(
             reporter,
-            f"evaluated {gate.domain}: accuracy {result.accuracy:.1%}, "
+            f"{label}{gate.domain}: accuracy {result.accuracy:.1%}, "
             f"answer NLL {result.nll:.3f} ({result.n} samples)",
         )
     return results
@@ -302,7 +302,7 @@ def build(
     original: dict[str, DomainEval] = {}
     if plan.verify.gates:
         tick = time.perf_counter()
-        original = evaluate_domains(plan, loaded, reporter)
+        original = evaluate_domains(plan, loaded, reporter, label="original ")
         timings["eval_original"] = time.perf_counter() - tick
 
     samples = (
@@ -316,7 +316,7 @@ def build(
         from prunec.verify import check_gates
 
         tick = time.perf_counter()
-        pruned = evaluate_domains(plan, loaded, reporter)
+        pruned = evaluate_domains(plan, loaded, reporter, label="pruned   ")
         timings["eval_pruned"] = time.perf_counter() - tick
         gates = check_gates(plan, original, pruned)
         if not gates.passed:

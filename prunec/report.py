@@ -72,6 +72,9 @@ def render_build(result: BuildResult, console: Console) -> None:
         console.print(result.gates.render())
     if result.lock_path is not None:
         console.print(f"lockfile {result.lock_path}")
+    if result.timings:
+        stages = ", ".join(f"{name} {sec:.1f}s" for name, sec in result.timings.items())
+        console.print(f"[dim]time: {stages}[/]")
     kept = result.num_layers - len(result.selection.removed)
     console.print(
         f"[bold green]built[/] {result.num_layers} -> {kept} decoder layers "
