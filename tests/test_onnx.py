@@ -24,7 +24,9 @@ from prunec.plan.model import TargetSpec
 from prunec.runtime import Manifest, OnnxGenerator
 
 TEXT_TYPES = ("llama", "qwen2", "qwen3")
-VLM_TYPES = ("llava", "idefics3", "gemma3")
+VLM_TYPES = ("llava", "idefics3", "gemma3", "qwen2_vl")
+#: exported only with `-m slow` (the test-time budget); same layout as qwen2_vl
+SLOW_VLM_TYPES = ("qwen2_5_vl",)
 PROMPT = "how many dots are there ?"
 NEW_TOKENS = 10
 
@@ -129,11 +131,15 @@ def _run_cli(directory: Path, *extra: str) -> list[int]:
 # --- export, checker, parity -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type", TEXT_TYPES + VLM_TYPES)
+@pytest.mark.parametrize(
+    "model_type",
+    [*TEXT_TYPES, *VLM_TYPES, *(pytest.param(t, marks=pytest.mark.slow) for t in SLOW_VLM_TYPES)],
+)
 def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model_type: str) -> None:
     art = artifact(model_type)
     manifest = Manifest.read(art.directory)
-    roles = {"embed_tokens", "decoder"} | ({"vision_encoder"} if model_type in VLM_TYPES else set())
+    is_vlm = model_type in VLM_TYPES + SLOW_VLM_TYPES
+    roles = {"embed_tokens", "decoder"} | ({"vision_encoder"} if is_vlm else set())
     assert set(manifest.graphs) == roles == set(art.report.max_abs_diff)
     for graph in manifest.graphs.values():
         onnx.checker.check_model(str(art.directory / graph.file))
@@ -144,6 +150,10 @@ def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model
     assert len(names) == 4 + manifest.token_type_ids + 2 * manifest.num_layers
     assert manifest.num_layers == 3
     assert decoder.inputs[1].shape == ("batch", "total_sequence_length")
+    mrope = model_type.startswith("qwen2_") and is_vlm
+    assert manifest.position_ids == ("mrope" if mrope else "1d")
+    expected_positions = ("batch", "sequence_length")
+    assert decoder.inputs[2].shape == ((3, *expected_positions) if mrope else expected_positions)
     assert decoder.outputs[1].shape[1:] == (
         manifest.num_kv_heads,
         decoder.outputs[1].shape[2],
@@ -186,12 +196,12 @@ def test_unsupported_architecture_fails_before_any_work(tmp_path: Path) -> None:
 
     with pytest.raises(BuildError, match="`qwen3_vl`"):
         check_onnx_supported("qwen3_vl")
-    with pytest.raises(BuildError, match=r"`bert`.*supported: gemma3, idefics3, llama, llava"):
+    with pytest.raises(BuildError, match=r"`bert`.*supported: gemma3, idefics3, llama, llava, "):
         check_onnx_supported("bert")
-    spec = SPECS["qwen2_vl"]
+    spec = SPECS["qwen3_vl"]
     model = getattr(transformers, spec.model_class)(spec.config(2))
     out = tmp_path / "never"
-    with pytest.raises(BuildError, match="`qwen2_vl`"):
+    with pytest.raises(BuildError, match=r"`qwen3_vl` .*deepstack"):
         emit_onnx(model, None, out, target=TargetSpec(kind="onnx", path=out))
     assert not out.exists()
 
@@ -209,7 +219,9 @@ def test_run_matches_pytorch_generate_text(
 
 
 @pytest.mark.parametrize("with_image", [True, False])
-@pytest.mark.parametrize("model_type", VLM_TYPES)
+@pytest.mark.parametrize(
+    "model_type", [*VLM_TYPES, *(pytest.param(t, marks=pytest.mark.slow) for t in SLOW_VLM_TYPES)]
+)
 def test_run_matches_pytorch_generate_vlm(
     artifact: Callable[..., Artifact], tmp_path: Path, model_type: str, with_image: bool
 ) -> None:

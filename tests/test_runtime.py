@@ -106,3 +106,28 @@ def test_preprocess_matches_other_vlm_processors(
     expected = processor.image_processor(images=image, return_tensors="np")["pixel_values"]
     got = preprocess(image, load_image_config(directory), pad_to=(32, 32))
     np.testing.assert_allclose(got, expected.reshape(got.shape), atol=1e-5)
+
+
+def test_patchify_matches_the_qwen2_vl_image_processor(tiny_model: Callable[..., Path]) -> None:
+    from prunec.runtime.image import preprocess_for
+    from prunec.runtime.manifest import Manifest
+
+    directory = tiny_model("qwen2_vl", num_layers=3)
+    processor = load_processor("qwen2_vl", directory)
+    image = sample_image()
+    expected = processor.image_processor(images=image, return_tensors="np")
+    manifest = Manifest(
+        model_type="qwen2_vl",
+        graphs={},
+        num_layers=3,
+        num_kv_heads=2,
+        head_dim=16,
+        hidden_size=64,
+        vocab_size=160,
+        image_size=(32, 32),
+        pixel_values_shape=(16, 384),
+        extra={"patch_size": 8, "temporal_patch_size": 2, "merge_size": 2},
+    )
+    got = preprocess_for(manifest, image, load_image_config(directory))
+    assert expected["image_grid_thw"].tolist() == [[1, 4, 4]]
+    np.testing.assert_allclose(got, expected["pixel_values"], atol=1e-5)

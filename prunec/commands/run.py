@@ -26,14 +26,14 @@ def _load(directory: Path, threads: int | None):  # type: ignore[no-untyped-def]
         raise BuildError(f"cannot load {directory}: {err}") from err
 
 
-def _pixels(directory: Path, image: Path, pad_to: tuple[int, int] | None) -> object:
+def _pixels(directory: Path, image: Path, manifest: object) -> object:
     from PIL import Image, UnidentifiedImageError
 
-    from prunec.runtime.image import load_image_config, preprocess
+    from prunec.runtime.image import load_image_config, preprocess_for
 
     try:
         with Image.open(image) as img:
-            return preprocess(img, load_image_config(directory), pad_to)
+            return preprocess_for(manifest, img, load_image_config(directory))
     except (OSError, UnidentifiedImageError) as err:
         raise click.BadParameter(f"cannot read image {image}: {err}", param_hint="--image") from err
 
@@ -82,7 +82,7 @@ def command(
             text = builder.render(prompt, with_image=image is not None)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--image") from err
-    pixels = _pixels(directory, image, manifest.image_size) if image is not None else None
+    pixels = _pixels(directory, image, manifest) if image is not None else None
     ids = builder.encode(text, image_expansion(manifest) if image is not None else None)
     try:
         result = gen.generate(ids, pixels, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]

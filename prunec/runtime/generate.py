@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from prunec.runtime.manifest import Manifest
+from prunec.runtime.positions import mrope_positions, positions_from_mask
+
+__all__ = ["GenerationResult", "OnnxGenerator", "positions_from_mask"]
 from prunec.runtime.session import make_session
 
 
@@ -23,12 +26,6 @@ class GenerationResult:
     prompt_ids: tuple[int, ...]
     prefill_s: float
     decode_s: float
-
-
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """1-D position ids that skip left padding: the count of real tokens before each one."""
-    positions = np.cumsum(mask, axis=-1) - 1
-    return np.where(mask == 0, 1, positions).astype(np.int64)
 
 
 class OnnxGenerator:
@@ -56,10 +53,15 @@ class OnnxGenerator:
         shape = self.manifest.pixel_values_shape
         if shape is not None and len(shape) == 5 and pixels.ndim == 4:
             pixels = pixels[:, None]  # an images axis (Idefics3), one image per call
+        if shape is not None and len(shape) == 2:  # flattened patches, shape[0] per image
+            pixels = pixels.reshape(-1, *shape)
         # the vision graph takes one image per call (fixed-grid export)
-        feats = [
-            session.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(len(pixels))
-        ]
+        one = (
+            (lambda i: pixels[i])
+            if shape is not None and len(shape) == 2
+            else (lambda i: pixels[i : i + 1])
+        )
+        feats = [session.run(None, {"pixel_values": one(i)})[0] for i in range(len(pixels))]
         return np.concatenate(feats, axis=0)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
@@ -123,6 +125,21 @@ class OnnxGenerator:
         embeds[slots] = feats.astype(embeds.dtype)
         return embeds
 
+    def prompt_positions(self, ids: np.ndarray, with_image: bool) -> tuple[np.ndarray, int]:
+        """Position ids for one unpadded prompt ([1, S] or [3, 1, S]) and the next position."""
+        if self.manifest.position_ids == "mrope":
+            grid = tuple(self.manifest.extra["mrope_grid"]) if with_image else (1, 1, 1)
+            image_id = int(self.manifest.image_token_id or -1) if with_image else -1
+            positions, following = mrope_positions(ids, image_id, grid)  # type: ignore[arg-type]
+            return positions[:, None], following
+        return np.arange(len(ids), dtype=np.int64)[None], len(ids)
+
+    def step_positions(self, position: int) -> np.ndarray:
+        one = np.array([[position]], np.int64)
+        return (
+            np.broadcast_to(one, (3, 1, 1)).copy() if self.manifest.position_ids == "mrope" else one
+        )
+
     # --- generation ------------------------------------------------------------------------
 
     def generate(
@@ -139,7 +156,7 @@ class OnnxGenerator:
         past: list[np.ndarray] | None = None
         total = ids.shape[1]
         step_in = embeds
-        positions = np.arange(total, dtype=np.int64)[None]
+        positions, next_position = self.prompt_positions(ids[0], pixel_values is not None)
         types = (ids == self.manifest.image_token_id).astype(np.int64)
         t0 = time.perf_counter()
         prefill_s = 0.0
@@ -156,12 +173,13 @@ class OnnxGenerator:
             new = self.embed(np.array([[token]], np.int64))
             if self.manifest.kv_cache:
                 past, step_in = present, new
-                positions = np.array([[total]], np.int64)
+                positions = self.step_positions(next_position)
                 types = np.zeros((1, 1), np.int64)
             else:  # no cache: recompute the whole sequence
                 step_in = np.concatenate([step_in, new], axis=1)
-                positions = np.arange(total + 1, dtype=np.int64)[None]
+                positions = np.concatenate([positions, self.step_positions(next_position)], axis=-1)
                 types = np.concatenate([types, np.zeros((1, 1), np.int64)], axis=1)
+            next_position += 1
             total += 1
         decode_s = time.perf_counter() - t0 - prefill_s
         return GenerationResult(tuple(tokens), tuple(int(i) for i in ids[0]), prefill_s, decode_s)

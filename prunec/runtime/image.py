@@ -71,3 +71,34 @@ def preprocess(
         padded[: array.shape[0], : array.shape[1]] = array[: pad_to[0], : pad_to[1]]
         array = padded
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def patchify(chw: np.ndarray, patch: int, temporal: int, merge: int) -> np.ndarray:
+    """Qwen2-VL's flattened patches [grid_h * grid_w, 3 * temporal * patch * patch].
+
+    A still image is repeated `temporal` times; patches are ordered merge-window by
+    merge-window, as the Qwen2-VL image processor orders them.
+    """
+    channels, height, width = chw.shape
+    frames = np.repeat(chw[None], temporal, axis=0)
+    gh, gw = height // patch, width // patch
+    x = frames.reshape(1, temporal, channels, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return np.ascontiguousarray(x.reshape(gh * gw, channels * temporal * patch * patch))
+
+
+def preprocess_for(manifest: Any, image: Image.Image, config: dict[str, Any]) -> np.ndarray:
+    """The vision graph's pixel input for one image of an artifact (see its manifest)."""
+    shape = manifest.pixel_values_shape
+    if shape is not None and len(shape) == 2:
+        # fixed-grid towers: resize straight to the exported grid, then cut patches
+        height, width = manifest.image_size
+        fixed = {**config, "size": {"height": height, "width": width}, "do_center_crop": False}
+        extra = manifest.extra
+        return patchify(
+            preprocess(image, fixed)[0],
+            int(extra["patch_size"]),
+            int(extra["temporal_patch_size"]),
+            int(extra["merge_size"]),
+        )
+    return preprocess(image, config, manifest.image_size)

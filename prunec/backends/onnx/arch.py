@@ -8,7 +8,9 @@ from typing import Literal
 from prunec.errors import BuildError
 
 #: How the decoder's position ids are shaped. "1d": [batch, seq] (RoPE on token positions).
-PositionScheme = Literal["1d"]
+#: "mrope": [3, batch, seq] temporal/height/width positions (Qwen2-VL family), computed by the
+#: runner because they depend on each image's grid.
+PositionScheme = Literal["1d", "mrope"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,11 @@ class OnnxArch:
     positions: the position-id scheme the decoder graph takes (see PositionScheme).
     token_type_ids: the decoder also takes `token_type_ids` [batch, seq] (1 = image token):
         Gemma 3 lets the tokens of one image attend to each other bidirectionally.
-    pixel_ndim: 4 = [images, 3, H, W]; 5 = [batch, images, 3, H, W] (Idefics3).
+    pixel_ndim: 4 = [images, 3, H, W]; 5 = [batch, images, 3, H, W] (Idefics3);
+        2 = [patches, patch_dim] with an `image_grid_thw` (Qwen2-VL family).
+    fixed_grid: export the vision tower with TorchScript tracing at the sample's image grid.
+        torch.export cannot trace Qwen2-VL towers (data-dependent splits by grid); tracing
+        bakes the grid in, which is exact because the runner resizes every image to it.
     """
 
     vision: bool = False
@@ -29,6 +35,7 @@ class OnnxArch:
     positions: PositionScheme = "1d"
     token_type_ids: bool = False
     pixel_ndim: int = 4
+    fixed_grid: bool = False
 
 
 #: model_type -> layout. A new family is a new entry once its parity tests pass.
@@ -40,13 +47,12 @@ ARCHITECTURES: dict[str, OnnxArch] = {
     "llava": OnnxArch(vision=True, image_token_attr="image_token_id"),
     "idefics3": OnnxArch(vision=True, image_token_attr="image_token_id", pixel_ndim=5),
     "gemma3": OnnxArch(vision=True, image_token_attr="image_token_id", token_type_ids=True),
+    "qwen2_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
+    "qwen2_5_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
 }
 
 #: Known VLM families that are not exported yet, with the reason users see.
 NOT_YET: dict[str, str] = {
-    "qwen2_vl": "3-D M-RoPE positions and a vision tower that torch.export cannot trace with "
-    "dynamic shapes are not handled yet",
-    "qwen2_5_vl": "3-D M-RoPE positions and a windowed vision tower are not handled yet",
     "qwen3_vl": "3-D M-RoPE positions and deepstack visual features are not handled yet",
 }
 

@@ -22,6 +22,7 @@ from prunec.backends.onnx.parity import (
     to_sample,
     top1_agreement,
     vision_diff,
+    vision_module,
 )
 from prunec.backends.onnx.report import OnnxReport
 from prunec.errors import BuildError
@@ -83,8 +84,16 @@ def _image_token_id(model: nn.Module, arch: OnnxArch) -> int:
     return int(value)
 
 
+def _image_sample(samples: Sequence[Sample]) -> Sample:
+    return next(s for s in samples if s.pixel_values is not None)
+
+
 def _image_size(model: nn.Module, samples: Sequence[Sample]) -> tuple[int, int]:
     for sample in samples:
+        if "image_grid_thw" in sample.extra:  # flattened patches: the grid gives the size
+            _, h, w = (int(v) for v in sample.extra["image_grid_thw"][0])
+            patch = int(model.config.vision_config.patch_size)  # type: ignore[union-attr,arg-type]
+            return h * patch, w * patch
         if sample.pixel_values is not None:
             return int(sample.pixel_values.shape[-2]), int(sample.pixel_values.shape[-1])
     size = model.config.vision_config.image_size  # type: ignore[union-attr]
@@ -98,14 +107,25 @@ def _synthetic_samples(model: nn.Module, arch: OnnxArch, layout: ex.KvLayout) ->
     words = rng.integers(low, layout.vocab_size, size=(1, 10))
     if not arch.vision:
         return [Sample(words, np.ones_like(words), None)]
-    height, width = _image_size(model, [])
-    shape = (1, 3, height, width) if arch.pixel_ndim == 4 else (1, 1, 3, height, width)
-    pixels = rng.standard_normal(shape).astype(np.float32)
+    extra: dict[str, np.ndarray] = {}
+    if arch.pixel_ndim == 2:  # Qwen2-VL: a 4x4 patch grid, flattened patches
+        vision: Any = model.config.vision_config  # type: ignore[union-attr]
+        grid = np.array([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]])
+        dim = 3 * vision.temporal_patch_size * vision.patch_size**2
+        pixels = rng.standard_normal((int(grid.prod()), dim)).astype(np.float32)
+        extra["image_grid_thw"] = grid
+    else:
+        height, width = _image_size(model, [])
+        shape = (1, 3, height, width) if arch.pixel_ndim == 4 else (1, 1, 3, height, width)
+        pixels = rng.standard_normal(shape).astype(np.float32)
+    probe = Sample(words, np.ones_like(words), pixels, extra)
     with torch.no_grad():
-        count = ex._Vision(model)(torch.from_numpy(pixels)).shape[1]
+        count = vision_module(model, probe)(torch.from_numpy(pixels)).shape[1]
     slots = np.full((1, count), _image_token_id(model, arch))
     ids = np.concatenate([words[:, :3], slots, words[:, 3:]], axis=1).astype(np.int64)
-    return [Sample(ids, np.ones_like(ids), pixels)]
+    if arch.positions == "mrope":
+        extra["mm_token_type_ids"] = (ids == _image_token_id(model, arch)).astype(np.int64)
+    return [Sample(ids, np.ones_like(ids), pixels, extra)]
 
 
 def _float32(model: nn.Module) -> nn.Module:
@@ -123,12 +143,23 @@ def _export_all(
     ex.export_embed(model, paths["embed_tokens"], target.opset)
     if arch.vision:
         paths["vision_encoder"] = out_dir / ex.VISION_FILE
-        pixels = next((s.pixel_values for s in samples if s.pixel_values is not None), None)
-        assert pixels is not None
-        ex.export_vision(model, torch.from_numpy(pixels), paths["vision_encoder"], target.opset)
+        sample = _image_sample(samples)
+        assert sample.pixel_values is not None
+        pixels = torch.from_numpy(sample.pixel_values)
+        if arch.fixed_grid:
+            grid = torch.from_numpy(sample.extra["image_grid_thw"][0])
+            ex.export_vision_fixed_grid(model, pixels, grid, paths["vision_encoder"], target.opset)
+        else:
+            ex.export_vision(model, pixels, paths["vision_encoder"], target.opset)
     paths["decoder"] = out_dir / (ex.DECODER_FILE if target.kv_cache else ex.DECODER_NO_CACHE_FILE)
     ex.export_decoder(
-        model, layout, paths["decoder"], target.opset, target.kv_cache, arch.token_type_ids
+        model,
+        layout,
+        paths["decoder"],
+        target.opset,
+        target.kv_cache,
+        arch.token_type_ids,
+        arch.positions == "mrope",
     )
     for path in paths.values():
         _check(path)
@@ -147,14 +178,31 @@ def _write_manifest(
     layout = ex.kv_layout(model)
     vision: dict[str, Any] = {}
     if arch.vision:
-        pixels = next(s.pixel_values for s in samples if s.pixel_values is not None)
+        sample = _image_sample(samples)
+        assert sample.pixel_values is not None
+        pixels = sample.pixel_values
         with torch.no_grad():
-            count = ex._Vision(model)(torch.from_numpy(pixels[:1])).shape[1]
+            count = vision_module(model, sample)(torch.from_numpy(pixels)).shape[1]
+        extra: dict[str, Any] = {}
+        if "image_grid_thw" in sample.extra:
+            vision_config: Any = model.config.vision_config  # type: ignore[union-attr]
+            merge = int(vision_config.spatial_merge_size)
+            t, h, w = (int(v) for v in sample.extra["image_grid_thw"][0])
+            extra = {
+                "image_grid_thw": [t, h, w],
+                "mrope_grid": [t, h // merge, w // merge],
+                "patch_size": int(vision_config.patch_size),
+                "temporal_patch_size": int(vision_config.temporal_patch_size),
+                "merge_size": merge,
+            }
         vision = {
+            "extra": extra,
             "image_token_id": _image_token_id(model, arch),
             "image_tokens_per_image": int(count),
             "image_size": _image_size(model, samples),
-            "pixel_values_shape": (1, *pixels.shape[1:]),
+            "pixel_values_shape": tuple(pixels.shape)
+            if pixels.ndim == 2
+            else (1, *pixels.shape[1:]),
             "token_type_ids": arch.token_type_ids,
         }
         expansion = _image_expansion(processor, out_dir, vision["image_size"])
@@ -212,7 +260,7 @@ def _image_expansion(
     text = builder.render("what", with_image=True)
     plain = list(builder.tokenizer.encode(text).ids)
     pixels = np.random.default_rng(0).integers(0, 255, (*image_size, 3), dtype=np.uint8)
-    out = processor(text=text, images=Image.fromarray(pixels, "RGB"), return_tensors="np")
+    out = processor(text=text, images=Image.fromarray(pixels, "RGB"), return_tensors="pt")
     expanded = [int(i) for i in np.asarray(out["input_ids"])[0]]
     head, tail = _common_ends(plain, expanded)
     if head + tail >= len(plain) and head > 0:
@@ -227,8 +275,15 @@ def _save_side_files(model: nn.Module, processor: Any | None, out_dir: Path) -> 
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(out_dir)
-    if processor is not None:
+    if processor is None:
+        return
+    if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(out_dir)
+        return
+    for part in ("tokenizer", "image_processor"):  # processor-like objects without a saver
+        component = getattr(processor, part, None)
+        if component is not None:
+            component.save_pretrained(out_dir)
 
 
 def _quantize(paths: dict[str, Path]) -> None:

@@ -92,6 +92,22 @@ class _Vision(nn.Module):
         return feats  # type: ignore[no-any-return]
 
 
+class _VisionGrid(nn.Module):
+    """Qwen2-VL style: flattened patches of one image at a fixed grid -> its features."""
+
+    def __init__(self, model: nn.Module, grid_thw: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("grid_thw", grid_thw.reshape(1, 3).clone())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=pixel_values, image_grid_thw=self.grid_thw)  # type: ignore[operator]
+        feats = getattr(out, "pooler_output", out)
+        if isinstance(feats, (list, tuple)):
+            feats = torch.cat(list(feats))
+        return feats.reshape(1, -1, feats.shape[-1])  # type: ignore[no-any-return]
+
+
 class _Decoder(nn.Module):
     """inputs_embeds, attention_mask, position_ids, logits_indices, [token_type_ids], *past."""
 
@@ -199,6 +215,28 @@ def export_vision(model: nn.Module, pixel_values: torch.Tensor, path: Path, opse
     _export(_Vision(model), (example,), None, ["pixel_values"], ["image_features"], path, opset)
 
 
+def export_vision_fixed_grid(
+    model: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, path: Path, opset: int
+) -> None:
+    """pixel_values [patches, patch_dim] of one image at `grid_thw` -> [1, tokens, hidden].
+
+    TorchScript tracing (not dynamo): the grid-dependent shapes become constants, which is
+    what a fixed grid means; parity against PyTorch checks the result.
+    """
+    wrapper = _VisionGrid(model, grid_thw).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (pixel_values.float(),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["pixel_values"],
+            output_names=["image_features"],
+        )
+
+
 def export_decoder(
     model: nn.Module,
     layout: KvLayout,
@@ -206,6 +244,7 @@ def export_decoder(
     opset: int,
     kv_cache: bool,
     token_types: bool = False,
+    mrope: bool = False,
 ) -> None:
     """The language model with its head; with `kv_cache`, past/present key values too."""
     from torch.export import Dim
@@ -216,10 +255,14 @@ def export_decoder(
     mask = torch.ones(batch, past_len + seq, dtype=torch.long)
     positions = torch.arange(past_len, past_len + seq).expand(batch, seq).contiguous()
     b, s = Dim(BATCH), Dim(SEQ)
+    position_shape: dict[int, Any] = {0: b, 1: s}
+    if mrope:  # [3, batch, seq]: temporal, height, width
+        positions = positions[None].expand(3, batch, seq).contiguous()
+        position_shape = {1: b, 2: s}
     shapes: dict[str, Any] = {
         "inputs_embeds": {0: b, 1: s},
         "attention_mask": {0: b, 1: Dim.AUTO},
-        "position_ids": {0: b, 1: s},
+        "position_ids": position_shape,
         "logits_indices": {0: Dim(LOGITS)},
     }
     keep = torch.tensor([seq - 2, seq - 1], dtype=torch.long)

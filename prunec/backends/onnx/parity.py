@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,31 +14,45 @@ from prunec.runtime.generate import OnnxGenerator, positions_from_mask
 
 @dataclass(frozen=True)
 class Sample:
-    """One parity input in numpy: ids [batch, seq], mask [batch, seq], optional pixels."""
+    """One parity input in numpy: ids [batch, seq], mask [batch, seq], optional pixels.
+
+    extra: the processor's other outputs (image_grid_thw, mm_token_type_ids, ...), passed
+    to PyTorch as they are.
+    """
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
     pixel_values: np.ndarray | None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()  # type: ignore[no-any-return]
+    return np.asarray(value)
 
 
 def to_sample(inputs: dict[str, Any]) -> Sample:
     """Normalise a processor output (torch or numpy tensors) into a Sample."""
-
-    def arr(value: Any) -> np.ndarray:
-        return (
-            value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        )
-
-    ids = arr(inputs["input_ids"]).astype(np.int64).reshape(-1, arr(inputs["input_ids"]).shape[-1])
-    mask = (
-        arr(inputs["attention_mask"]).astype(np.int64)
-        if "attention_mask" in inputs
-        else np.ones_like(ids)
-    )
+    raw_ids = _array(inputs["input_ids"])
+    ids = raw_ids.astype(np.int64).reshape(-1, raw_ids.shape[-1])
+    mask = np.ones_like(ids)
+    if inputs.get("attention_mask") is not None:
+        mask = _array(inputs["attention_mask"]).astype(np.int64).reshape(ids.shape)
     pixels = inputs.get("pixel_values")
-    return Sample(
-        ids, mask.reshape(ids.shape), None if pixels is None else arr(pixels).astype(np.float32)
-    )
+    known = {"input_ids", "attention_mask", "pixel_values"}
+    extra = {k: _array(v) for k, v in inputs.items() if k not in known and v is not None}
+    pixel_array = None if pixels is None else _array(pixels).astype(np.float32)
+    return Sample(ids, mask, pixel_array, extra)
+
+
+def vision_module(model: nn.Module, sample: Sample) -> nn.Module:
+    """The torch module the vision graph was exported from, for this sample's images."""
+    from prunec.backends.onnx.export import _Vision, _VisionGrid
+
+    if "image_grid_thw" in sample.extra:
+        return _VisionGrid(model, torch.from_numpy(sample.extra["image_grid_thw"][0]))
+    return _Vision(model)
 
 
 def _token_types(gen: OnnxGenerator, ids: np.ndarray, with_image: bool) -> np.ndarray | None:
@@ -49,12 +63,24 @@ def _token_types(gen: OnnxGenerator, ids: np.ndarray, with_image: bool) -> np.nd
     return (ids == gen.manifest.image_token_id).astype(np.int64)
 
 
-def _torch_logits(model: nn.Module, sample: Sample, types: np.ndarray | None) -> np.ndarray:
-    kwargs: dict[str, Any] = {
-        "input_ids": torch.from_numpy(sample.input_ids),
-        "attention_mask": torch.from_numpy(sample.attention_mask),
-        "position_ids": torch.from_numpy(positions_from_mask(sample.attention_mask)),
-    }
+def _ort_positions(gen: OnnxGenerator, sample: Sample) -> np.ndarray:
+    """What the runner feeds as position_ids for this sample."""
+    positions = positions_from_mask(sample.attention_mask)
+    if gen.manifest.position_ids != "mrope":
+        return positions
+    if sample.pixel_values is not None:  # image prompts come unpadded, one per sample
+        return gen.prompt_positions(sample.input_ids[0], with_image=True)[0]
+    return np.broadcast_to(positions[None], (3, *positions.shape)).copy()
+
+
+def _torch_logits(
+    model: nn.Module, sample: Sample, types: np.ndarray | None, mrope: bool
+) -> np.ndarray:
+    kwargs: dict[str, Any] = {k: torch.from_numpy(v) for k, v in sample.extra.items()}
+    kwargs["input_ids"] = torch.from_numpy(sample.input_ids)
+    kwargs["attention_mask"] = torch.from_numpy(sample.attention_mask)
+    if not (mrope and sample.pixel_values is not None):  # M-RoPE with images: the model's own
+        kwargs["position_ids"] = torch.from_numpy(positions_from_mask(sample.attention_mask))
     if types is not None:
         kwargs["token_type_ids"] = torch.from_numpy(types)
     if sample.pixel_values is not None:
@@ -73,10 +99,10 @@ def decoder_diffs(
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Max diff of prefill and cached decode logits; also the ORT and torch logits."""
     types = _token_types(gen, sample.input_ids, sample.pixel_values is not None)
-    ref = _torch_logits(model, sample, types)
+    ref = _torch_logits(model, sample, types, gen.manifest.position_ids == "mrope")
     embeds = gen.prompt_embeds(sample.input_ids, sample.pixel_values)
     mask = sample.attention_mask
-    positions = positions_from_mask(mask)
+    positions = _ort_positions(gen, sample)
     logits, _ = gen.decode(embeds, mask, positions, token_type_ids=types)
     worst = _masked_max(logits, ref, mask)
     split = max(1, sample.input_ids.shape[1] - 2)
@@ -85,10 +111,10 @@ def decoder_diffs(
         head_types = None if types is None else types[:, :split]
         tail_types = None if types is None else types[:, split:]
         _, past = gen.decode(
-            embeds[:, :split], mask[:, :split], positions[:, :split], token_type_ids=head_types
+            embeds[:, :split], mask[:, :split], positions[..., :split], token_type_ids=head_types
         )
         tail, _ = gen.decode(
-            embeds[:, split:], mask, positions[:, split:], past, token_type_ids=tail_types
+            embeds[:, split:], mask, positions[..., split:], past, token_type_ids=tail_types
         )
         worst = max(worst, _masked_max(tail, ref[:, split:], mask[:, split:]))
     return worst, logits, ref
@@ -101,11 +127,9 @@ def embed_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
 
 
 def vision_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
-    from prunec.backends.onnx.export import _Vision
-
     assert sample.pixel_values is not None
     with torch.no_grad():
-        ref = _Vision(model)(torch.from_numpy(sample.pixel_values)).float().numpy()
+        ref = vision_module(model, sample)(torch.from_numpy(sample.pixel_values)).float().numpy()
     return float(np.abs(gen.image_features(sample.pixel_values) - ref).max())
 
 
@@ -136,7 +160,10 @@ def torch_greedy(
     index = _longest_row(sample)
     row = sample.attention_mask[index].astype(bool)
     ids = torch.from_numpy(sample.input_ids[index : index + 1, row])
-    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids)}
+    kwargs: dict[str, Any] = {}
+    if sample.input_ids.shape[0] == 1:
+        kwargs.update({k: torch.from_numpy(v) for k, v in sample.extra.items()})
+    kwargs["attention_mask"] = torch.ones_like(ids)
     pixels = _row_pixels(sample, index)
     if pixels is not None:
         kwargs["pixel_values"] = torch.from_numpy(pixels)
