@@ -40,11 +40,18 @@ def main(root: Path, force: bool, steps: int | None) -> None:
                 console.print(f"step {step + 1}/{config.steps} loss {loss:.4f}")
 
         paths = ensure_testbed(root, force=force, config=config, on_step=on_step)
+        if progress.tasks[0].completed == 0:
+            progress.update(task, visible=False)
+            trained = False
+        else:
+            trained = True
     info = paths.info
+    if not trained:
+        console.print("cached testbed matches the recipe (use --force to retrain)")
     console.print(f"testbed: {paths.model}")
     console.print(
         f"trained {info['config']['steps']} steps in {info['train_seconds']} s "
-        f"({info['steps_per_second']} steps/s, {info['threads']} threads)"
+        f"({info['steps_per_second']} steps/s, torch threads: {info['threads']})"
     )
     for domain, acc in info["eval_accuracy"].items():
         console.print(f"  {domain:8s} accuracy {100 * acc:.1f}%")
