@@ -24,7 +24,7 @@ from prunec.plan.model import TargetSpec
 from prunec.runtime import Manifest, OnnxGenerator
 
 TEXT_TYPES = ("llama", "qwen2", "qwen3")
-VLM_TYPES = ("llava", "idefics3", "gemma3", "qwen2_vl")
+VLM_TYPES = ("llava", "idefics3", "gemma3", "qwen2_vl", "qwen3_vl")
 #: exported only with `-m slow` (the test-time budget); same layout as qwen2_vl
 SLOW_VLM_TYPES = ("qwen2_5_vl",)
 PROMPT = "how many dots are there ?"
@@ -147,10 +147,12 @@ def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model
     names = [t.name for t in decoder.inputs]
     assert names[:4] == ["inputs_embeds", "attention_mask", "position_ids", "logits_indices"]
     assert ("token_type_ids" in names) == manifest.token_type_ids == (model_type == "gemma3")
-    assert len(names) == 4 + manifest.token_type_ids + 2 * manifest.num_layers
+    extras = manifest.token_type_ids + (manifest.deepstack_layers > 0)
+    assert len(names) == 4 + extras + 2 * manifest.num_layers
     assert manifest.num_layers == 3
     assert decoder.inputs[1].shape == ("batch", "total_sequence_length")
-    mrope = model_type.startswith("qwen2_") and is_vlm
+    mrope = model_type in {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    assert manifest.deepstack_layers == (3 if model_type == "qwen3_vl" else 0)
     assert manifest.position_ids == ("mrope" if mrope else "1d")
     expected_positions = ("batch", "sequence_length")
     assert decoder.inputs[2].shape == ((3, *expected_positions) if mrope else expected_positions)
@@ -194,14 +196,14 @@ def test_parity_failure_raises_build_error(
 def test_unsupported_architecture_fails_before_any_work(tmp_path: Path) -> None:
     import transformers
 
-    with pytest.raises(BuildError, match="`qwen3_vl`"):
-        check_onnx_supported("qwen3_vl")
+    with pytest.raises(BuildError, match="`paligemma`"):
+        check_onnx_supported("paligemma")
     with pytest.raises(BuildError, match=r"`bert`.*supported: gemma3, idefics3, llama, llava, "):
         check_onnx_supported("bert")
-    spec = SPECS["qwen3_vl"]
+    spec = SPECS["mistral3"]
     model = getattr(transformers, spec.model_class)(spec.config(2))
     out = tmp_path / "never"
-    with pytest.raises(BuildError, match=r"`qwen3_vl` .*deepstack"):
+    with pytest.raises(BuildError, match=r"`mistral3`"):
         emit_onnx(model, None, out, target=TargetSpec(kind="onnx", path=out))
     assert not out.exists()
 
@@ -296,3 +298,16 @@ def test_generator_prompt_embeds_places_image_features(artifact: Callable[..., A
         feats = art.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
     slots = ids[0] == art.model.config.image_token_id
     np.testing.assert_allclose(embeds[0, slots], feats.numpy(), atol=1e-5)
+
+
+def test_pruned_qwen3_vl_keeps_deepstack_consistent(
+    artifact: Callable[..., Artifact], tmp_path: Path
+) -> None:
+    # layer 1 receives deepstack feature 1: removing it drops that feature too
+    art = artifact("qwen3_vl", remove=(1,))
+    manifest = Manifest.read(art.directory)
+    assert manifest.num_layers == 2 and manifest.deepstack_layers == 2
+    assert max(art.report.max_abs_diff.values()) <= 1e-4
+    sample_image().save(tmp_path / "image.png")
+    expected = _torch_tokens(art, _hf_prompt(art, with_image=True))
+    assert _run_cli(art.directory, "--image", str(tmp_path / "image.png")) == expected

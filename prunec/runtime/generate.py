@@ -46,6 +46,11 @@ class OnnxGenerator:
         return self.sessions["embed_tokens"].run(None, {"input_ids": ids})[0]  # type: ignore[no-any-return]
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Features [images, tokens, hidden] projected into the text embedding space."""
+        return self.vision_outputs(pixel_values)[0]
+
+    def vision_outputs(self, pixel_values: np.ndarray) -> list[np.ndarray]:
+        """Every output of the vision graph, images concatenated (features first)."""
         if "vision_encoder" not in self.sessions:
             raise ValueError(f"this {self.manifest.model_type} artifact has no vision graph")
         pixels = np.asarray(pixel_values, dtype=np.float32)
@@ -61,8 +66,11 @@ class OnnxGenerator:
             if shape is not None and len(shape) == 2
             else (lambda i: pixels[i : i + 1])
         )
-        feats = [session.run(None, {"pixel_values": one(i)})[0] for i in range(len(pixels))]
-        return np.concatenate(feats, axis=0)
+        runs = [session.run(None, {"pixel_values": one(i)}) for i in range(len(pixels))]
+        outputs = [np.concatenate([run[0] for run in runs], axis=0)]
+        if len(runs[0]) > 1:  # deepstack features [layers, tokens, hidden]: tokens axis
+            outputs.append(np.concatenate([run[1] for run in runs], axis=1))
+        return outputs
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         m = self.manifest
@@ -77,6 +85,7 @@ class OnnxGenerator:
         past: list[np.ndarray] | None = None,
         logits_indices: np.ndarray | None = None,
         token_type_ids: np.ndarray | None = None,
+        deepstack: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder call: logits [batch, len(logits_indices), vocab] and the new cache.
 
@@ -99,6 +108,11 @@ class OnnxGenerator:
                 else token_type_ids
             )
             feed["token_type_ids"] = types.astype(np.int64)
+        if self.manifest.deepstack_layers:
+            if deepstack is None:
+                shape = (self.manifest.deepstack_layers, *inputs_embeds.shape)
+                deepstack = np.zeros(shape, np.float32)
+            feed["deepstack_embeds"] = deepstack.astype(np.float32)
         if self.manifest.kv_cache:
             past = past if past is not None else self.empty_past(inputs_embeds.shape[0])
             for i in range(self.manifest.num_layers):
@@ -111,11 +125,17 @@ class OnnxGenerator:
 
     def prompt_embeds(self, input_ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
         """Token embeddings with each image placeholder replaced by one image feature, in order."""
+        return self.prompt_inputs(input_ids, pixel_values)[0]
+
+    def prompt_inputs(
+        self, input_ids: np.ndarray, pixel_values: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prompt embeddings, and dense deepstack features for decoders that take them."""
         embeds = self.embed(input_ids)
         if pixel_values is None:
-            return embeds
-        feats = self.image_features(pixel_values)
-        feats = feats.reshape(-1, feats.shape[-1])
+            return embeds, None
+        outputs = self.vision_outputs(pixel_values)
+        feats = outputs[0].reshape(-1, outputs[0].shape[-1])
         slots = np.asarray(input_ids) == self.manifest.image_token_id
         if int(slots.sum()) != feats.shape[0]:
             raise ValueError(
@@ -123,7 +143,11 @@ class OnnxGenerator:
                 f"{feats.shape[0]} features"
             )
         embeds[slots] = feats.astype(embeds.dtype)
-        return embeds
+        if len(outputs) < 2:
+            return embeds, None
+        dense = np.zeros((outputs[1].shape[0], *embeds.shape), np.float32)
+        dense[:, slots] = outputs[1]
+        return embeds, dense
 
     def prompt_positions(self, ids: np.ndarray, with_image: bool) -> tuple[np.ndarray, int]:
         """Position ids for one unpadded prompt ([1, S] or [3, 1, S]) and the next position."""
@@ -150,7 +174,7 @@ class OnnxGenerator:
     ) -> GenerationResult:
         """Greedy tokens for one prompt, stopping after an eos id or `max_new_tokens`."""
         ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
-        embeds = self.prompt_embeds(ids, pixel_values)
+        embeds, deepstack = self.prompt_inputs(ids, pixel_values)
         eos = set(self.manifest.eos_token_ids)
         tokens: list[int] = []
         past: list[np.ndarray] | None = None
@@ -163,7 +187,7 @@ class OnnxGenerator:
         while len(tokens) < max_new_tokens:
             mask = np.ones((1, total), np.int64)
             last = np.array([step_in.shape[1] - 1], np.int64)
-            logits, present = self.decode(step_in, mask, positions, past, last, types)
+            logits, present = self.decode(step_in, mask, positions, past, last, types, deepstack)
             if not tokens:
                 prefill_s = time.perf_counter() - t0
             token = int(np.argmax(logits[0, -1]))
@@ -175,10 +199,15 @@ class OnnxGenerator:
                 past, step_in = present, new
                 positions = self.step_positions(next_position)
                 types = np.zeros((1, 1), np.int64)
+                deepstack = None  # no image tokens among generated ones
             else:  # no cache: recompute the whole sequence
                 step_in = np.concatenate([step_in, new], axis=1)
                 positions = np.concatenate([positions, self.step_positions(next_position)], axis=-1)
                 types = np.concatenate([types, np.zeros((1, 1), np.int64)], axis=1)
+                if deepstack is not None:
+                    deepstack = np.concatenate(
+                        [deepstack, np.zeros_like(deepstack[:, :, :1])], axis=2
+                    )
             next_position += 1
             total += 1
         decode_s = time.perf_counter() - t0 - prefill_s

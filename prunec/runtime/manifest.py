@@ -48,6 +48,10 @@ class Manifest:
         images axis for processors such as Idefics3's).
     token_type_ids: the decoder takes `token_type_ids` [batch, seq] (1 where the token is
         `image_token_id`).
+    deepstack_layers: Qwen3-VL: the vision graph also returns `deepstack_features`
+        [layers, tokens, hidden] and the decoder takes `deepstack_embeds`
+        [layers, batch, seq, hidden], those features scattered onto the image positions
+        (zeros elsewhere, and for every decode step).
     eos_token_ids: generation stops after emitting any of these.
     quantize: "none" or "int8" (dynamic int8 weights on MatMul/Gemm).
     """
@@ -68,6 +72,7 @@ class Manifest:
     image_expansion_ids: tuple[int, ...] | None = None
     pixel_values_shape: tuple[int, ...] | None = None
     token_type_ids: bool = False
+    deepstack_layers: int = 0
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     quantize: str = "none"

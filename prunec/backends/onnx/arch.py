@@ -49,12 +49,12 @@ ARCHITECTURES: dict[str, OnnxArch] = {
     "gemma3": OnnxArch(vision=True, image_token_attr="image_token_id", token_type_ids=True),
     "qwen2_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
     "qwen2_5_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
+    # deepstack: the vision graph's per-layer features go to the decoder as a dense input
+    "qwen3_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
 }
 
 #: Known VLM families that are not exported yet, with the reason users see.
-NOT_YET: dict[str, str] = {
-    "qwen3_vl": "3-D M-RoPE positions and deepstack visual features are not handled yet",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def check_onnx_supported(model_type: str) -> None:

@@ -22,7 +22,7 @@ from prunec.backends.onnx.parity import (
     to_sample,
     top1_agreement,
     vision_diff,
-    vision_module,
+    vision_reference,
 )
 from prunec.backends.onnx.report import OnnxReport
 from prunec.errors import BuildError
@@ -84,6 +84,13 @@ def _image_token_id(model: nn.Module, arch: OnnxArch) -> int:
     return int(value)
 
 
+def _deepstack_layers(model: nn.Module, arch: OnnxArch, samples: Sequence[Sample]) -> int:
+    if not arch.vision:
+        return 0
+    outputs = vision_reference(model, _image_sample(samples))
+    return int(outputs[1].shape[0]) if len(outputs) > 1 else 0
+
+
 def _image_sample(samples: Sequence[Sample]) -> Sample:
     return next(s for s in samples if s.pixel_values is not None)
 
@@ -119,8 +126,7 @@ def _synthetic_samples(model: nn.Module, arch: OnnxArch, layout: ex.KvLayout) ->
         shape = (1, 3, height, width) if arch.pixel_ndim == 4 else (1, 1, 3, height, width)
         pixels = rng.standard_normal(shape).astype(np.float32)
     probe = Sample(words, np.ones_like(words), pixels, extra)
-    with torch.no_grad():
-        count = vision_module(model, probe)(torch.from_numpy(pixels)).shape[1]
+    count = vision_reference(model, probe)[0].shape[1]
     slots = np.full((1, count), _image_token_id(model, arch))
     ids = np.concatenate([words[:, :3], slots, words[:, 3:]], axis=1).astype(np.int64)
     if arch.positions == "mrope":
@@ -160,6 +166,7 @@ def _export_all(
         target.kv_cache,
         arch.token_type_ids,
         arch.positions == "mrope",
+        _deepstack_layers(model, arch, samples),
     )
     for path in paths.values():
         _check(path)
@@ -181,8 +188,8 @@ def _write_manifest(
         sample = _image_sample(samples)
         assert sample.pixel_values is not None
         pixels = sample.pixel_values
-        with torch.no_grad():
-            count = vision_module(model, sample)(torch.from_numpy(pixels)).shape[1]
+        outputs = vision_reference(model, sample)
+        count = outputs[0].shape[1]
         extra: dict[str, Any] = {}
         if "image_grid_thw" in sample.extra:
             vision_config: Any = model.config.vision_config  # type: ignore[union-attr]
@@ -204,6 +211,7 @@ def _write_manifest(
             if pixels.ndim == 2
             else (1, *pixels.shape[1:]),
             "token_type_ids": arch.token_type_ids,
+            "deepstack_layers": outputs[1].shape[0] if len(outputs) > 1 else 0,
         }
         expansion = _image_expansion(processor, out_dir, vision["image_size"])
         if expansion is not None:

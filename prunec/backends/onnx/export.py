@@ -100,25 +100,39 @@ class _VisionGrid(nn.Module):
         self.model = model
         self.register_buffer("grid_thw", grid_thw.reshape(1, 3).clone())
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor) -> Any:
         out = self.model.get_image_features(pixel_values=pixel_values, image_grid_thw=self.grid_thw)  # type: ignore[operator]
         feats = getattr(out, "pooler_output", out)
         if isinstance(feats, (list, tuple)):
             feats = torch.cat(list(feats))
-        return feats.reshape(1, -1, feats.shape[-1])  # type: ignore[no-any-return]
+        feats = feats.reshape(1, -1, feats.shape[-1])
+        deepstack = getattr(out, "deepstack_features", None)
+        if not deepstack:
+            return feats
+        # Qwen3-VL: one feature map per deepstack layer -> [layers, tokens, hidden]
+        stacked = torch.stack(
+            [torch.cat(list(f)) if isinstance(f, (list, tuple)) else f for f in deepstack]
+        )
+        return feats, stacked
 
 
 class _Decoder(nn.Module):
     """inputs_embeds, attention_mask, position_ids, logits_indices, [token_type_ids], *past."""
 
     def __init__(
-        self, model: nn.Module, layout: KvLayout, kv_cache: bool, token_types: bool = False
+        self,
+        model: nn.Module,
+        layout: KvLayout,
+        kv_cache: bool,
+        token_types: bool = False,
+        deepstack: bool = False,
     ):
         super().__init__()
         self.model = model
         self.layout = layout
         self.kv_cache = kv_cache
         self.token_types = token_types
+        self.deepstack = deepstack
 
     def forward(
         self,
@@ -134,6 +148,9 @@ class _Decoder(nn.Module):
         past = rest
         if self.token_types:
             extra["token_type_ids"], past = rest[0], rest[1:]
+        deepstack = None
+        if self.deepstack:
+            deepstack, past = past[0], past[1:]
 
         cache = None
         if self.kv_cache:
@@ -142,6 +159,10 @@ class _Decoder(nn.Module):
             cache = DynamicCache()
             for i in range(self.layout.num_layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
+        if deepstack is not None:
+            return _deepstack_forward(
+                self, inputs_embeds, attention_mask, position_ids, logits_indices, deepstack, cache
+            )
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -153,12 +174,53 @@ class _Decoder(nn.Module):
             logits_to_keep=logits_indices,
             **extra,
         )
-        if not self.kv_cache:
-            return (out.logits,)
-        present: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
+        return _decoder_outputs(self, out, out.logits)
+
+
+def _dense_deepstack(hidden: torch.Tensor, mask: Any, visual: torch.Tensor) -> torch.Tensor:
+    # Qwen3-VL adds deepstack features at the image positions by boolean indexing, which has
+    # a data-dependent shape; with features scattered densely (zeros elsewhere) a plain add
+    # gives the same result and exports with static shapes.
+    return hidden + visual
+
+
+def _decoder_outputs(self: _Decoder, out: Any, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if not self.kv_cache:
+        return (logits,)
+    present: list[torch.Tensor] = []
+    for layer in out.past_key_values.layers:
+        present += [layer.keys, layer.values]
+    return (logits, *present)
+
+
+def _deepstack_forward(
+    self: _Decoder,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    logits_indices: torch.Tensor,
+    deepstack: torch.Tensor,
+    cache: Any,
+) -> tuple[torch.Tensor, ...]:
+    """Qwen3-VL: the language model with dense deepstack features, then the LM head."""
+    model: Any = self.model
+    language_model = model.model.language_model
+    original = language_model._deepstack_process
+    language_model._deepstack_process = _dense_deepstack
+    try:
+        out = language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=self.kv_cache,
+            visual_pos_masks=None,
+            deepstack_visual_embeds=list(deepstack.unbind(0)),
+        )
+    finally:
+        language_model._deepstack_process = original
+    logits = model.lm_head(out.last_hidden_state[:, logits_indices])
+    return _decoder_outputs(self, out, logits)
 
 
 def _export(
@@ -224,6 +286,8 @@ def export_vision_fixed_grid(
     what a fixed grid means; parity against PyTorch checks the result.
     """
     wrapper = _VisionGrid(model, grid_thw).eval()
+    with torch.no_grad():
+        deepstack = isinstance(wrapper(pixel_values.float()), tuple)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -233,7 +297,7 @@ def export_vision_fixed_grid(
             dynamo=False,
             opset_version=opset,
             input_names=["pixel_values"],
-            output_names=["image_features"],
+            output_names=["image_features", "deepstack_features"][: 2 if deepstack else 1],
         )
 
 
@@ -245,6 +309,7 @@ def export_decoder(
     kv_cache: bool,
     token_types: bool = False,
     mrope: bool = False,
+    deepstack_layers: int = 0,
 ) -> None:
     """The language model with its head; with `kv_cache`, past/present key values too."""
     from torch.export import Dim
@@ -274,6 +339,10 @@ def export_decoder(
         args += (torch.tensor([[0, 1, 1], [1, 1, 0]], dtype=torch.long),)
         rest.append({0: b, 1: s})
         names.append("token_type_ids")
+    if deepstack_layers:
+        args += (torch.zeros(deepstack_layers, batch, seq, layout.hidden_size),)
+        rest.append({1: b, 2: s})
+        names.append("deepstack_embeds")
     if kv_cache:
         kv_shape = (batch, layout.num_kv_heads, past_len, layout.head_dim)
         args += tuple(torch.randn(kv_shape) for _ in range(2 * layout.num_layers))
@@ -282,6 +351,6 @@ def export_decoder(
         outputs += layout.present_names()
     if rest:
         shapes["rest"] = tuple(rest)
-    wrapper = _Decoder(model, layout, kv_cache, token_types).eval()
+    wrapper = _Decoder(model, layout, kv_cache, token_types, deepstack_layers > 0).eval()
     rename: dict[str, list[str | int]] = {"attention_mask": [BATCH, TOTAL if kv_cache else SEQ]}
     _export(wrapper, args, shapes, names, outputs, path, opset, rename)

@@ -55,6 +55,15 @@ def vision_module(model: nn.Module, sample: Sample) -> nn.Module:
     return _Vision(model)
 
 
+def vision_reference(model: nn.Module, sample: Sample) -> list[np.ndarray]:
+    """PyTorch's vision outputs for this sample: features, then deepstack features if any."""
+    assert sample.pixel_values is not None
+    with torch.no_grad():
+        out = vision_module(model, sample)(torch.from_numpy(sample.pixel_values))
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.float().numpy() for o in outs]
+
+
 def _token_types(gen: OnnxGenerator, ids: np.ndarray, with_image: bool) -> np.ndarray | None:
     if not gen.manifest.token_type_ids:
         return None
@@ -100,21 +109,29 @@ def decoder_diffs(
     """Max diff of prefill and cached decode logits; also the ORT and torch logits."""
     types = _token_types(gen, sample.input_ids, sample.pixel_values is not None)
     ref = _torch_logits(model, sample, types, gen.manifest.position_ids == "mrope")
-    embeds = gen.prompt_embeds(sample.input_ids, sample.pixel_values)
+    embeds, deepstack = gen.prompt_inputs(sample.input_ids, sample.pixel_values)
     mask = sample.attention_mask
     positions = _ort_positions(gen, sample)
-    logits, _ = gen.decode(embeds, mask, positions, token_type_ids=types)
+    logits, _ = gen.decode(embeds, mask, positions, token_type_ids=types, deepstack=deepstack)
     worst = _masked_max(logits, ref, mask)
     split = max(1, sample.input_ids.shape[1] - 2)
     if gen.manifest.kv_cache and split < sample.input_ids.shape[1]:
         # prefill the head, then feed the last tokens against the cache: exercises past > 0
         head_types = None if types is None else types[:, :split]
         tail_types = None if types is None else types[:, split:]
+        head_ds = None if deepstack is None else deepstack[:, :, :split]
+        tail_ds = None if deepstack is None else deepstack[:, :, split:]
         _, past = gen.decode(
-            embeds[:, :split], mask[:, :split], positions[..., :split], token_type_ids=head_types
+            embeds[:, :split],
+            mask[:, :split],
+            positions[..., :split],
+            None,
+            None,
+            head_types,
+            head_ds,
         )
         tail, _ = gen.decode(
-            embeds[:, split:], mask, positions[..., split:], past, token_type_ids=tail_types
+            embeds[:, split:], mask, positions[..., split:], past, None, tail_types, tail_ds
         )
         worst = max(worst, _masked_max(tail, ref[:, split:], mask[:, split:]))
     return worst, logits, ref
@@ -128,9 +145,11 @@ def embed_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
 
 def vision_diff(model: nn.Module, gen: OnnxGenerator, sample: Sample) -> float:
     assert sample.pixel_values is not None
-    with torch.no_grad():
-        ref = vision_module(model, sample)(torch.from_numpy(sample.pixel_values)).float().numpy()
-    return float(np.abs(gen.image_features(sample.pixel_values) - ref).max())
+    refs = vision_reference(model, sample)
+    got = gen.vision_outputs(sample.pixel_values)
+    if len(got) != len(refs):
+        return float("inf")
+    return max(float(np.abs(a - b).max()) for a, b in zip(got, refs, strict=True))
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
