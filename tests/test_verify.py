@@ -50,7 +50,8 @@ def _reference_answer(model: Any, processor: Any, record: Any) -> str:
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1] :]
-    return str(processor.tokenizer.decode(new, skip_special_tokens=True))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return str(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def test_accuracy_matches_unbatched_generate(tiny: tuple[Any, Any], records: list[Any]) -> None:
@@ -168,3 +169,32 @@ def test_gate_on_unevaluated_domain_is_a_build_error(tmp_path: Path) -> None:
     only_math = {"math": DomainEval(10, 1.0, 0.1)}
     with pytest.raises(BuildError, match="general"):
         check_gates(_plan(tmp_path), only_math, only_math)
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_vl"])
+def test_batched_greedy_matches_generate_on_other_architectures(
+    model_type: str, tiny_model: Any, tmp_path: Path
+) -> None:
+    """Left padding and positions: Llama RoPE (llava) and M-RoPE (qwen2_vl) both match."""
+    import json
+
+    from tiny_models import load_processor, sample_image
+    from transformers import AutoModelForImageTextToText
+
+    path = tiny_model(model_type, num_layers=2)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = load_processor(model_type, path)
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i in range(4):
+        sample_image(seed=i).save(tmp_path / f"img/{i}.png")
+        # Different question lengths, so the batch really is left-padded.
+        lines.append(json.dumps({"image": f"img/{i}.png", "text": "what is it " * (i + 1)}))
+    (tmp_path / "e.jsonl").write_text("\n".join(lines) + "\n")
+    records = read_records(tmp_path / "e.jsonl")
+    generated = [_reference_answer(model, processor, r) for r in records]
+    labelled = [
+        r.__class__(r.file, r.line, r.text, r.image, g)
+        for r, g in zip(records, generated, strict=True)
+    ]
+    assert evaluate(model, processor, labelled, batch_size=4).accuracy == 1.0

@@ -48,11 +48,6 @@ def _stack(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
     return out
 
 
-def _positions(mask: Any) -> Any:
-    # Left padding would shift RoPE positions; count only real tokens, as in training.
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _batch_nll(model: Any, batch: Mapping[str, Any]) -> tuple[float, int]:
     """Summed answer-token NLL of an `encode(..., with_answer=True)` batch and its token count."""
     import torch
@@ -75,7 +70,11 @@ def _batch_greedy(
     max_new_tokens: int,
     banned: list[int],
 ) -> list[list[int]]:
-    """Greedy continuations without a KV cache, so any in-memory layer surgery is safe."""
+    """Greedy continuations without a KV cache, so any in-memory layer surgery is safe.
+
+    No position ids are passed: left padding shifts every real token's RoPE position by the
+    same amount, which rotary attention does not see (tests compare with unpadded generate).
+    """
     import torch
 
     batch = _stack(prompts, pad_id)
@@ -88,7 +87,6 @@ def _batch_greedy(
         logits = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=_positions(mask),
             use_cache=False,
             **extra_seq,
             **rest,
