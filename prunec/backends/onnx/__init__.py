@@ -3,11 +3,13 @@
 Layout of an artifact directory (documented for users in docs/onnx.md):
 
 - `embed_tokens.onnx`: input_ids [batch, sequence_length] -> inputs_embeds [.., hidden].
-- `vision_encoder.onnx` (VLMs): pixel_values [num_images, 3, H, W] at the fixed size the
-  processor produces -> image_features [num_images, tokens, hidden], already projected into
-  the text embedding space. The runner writes them over the image placeholder tokens.
+- `vision_encoder.onnx` (VLMs): one image's pixel_values at the fixed size the processor
+  produces -> image_features [1, tokens, hidden], already projected into the text embedding
+  space (Qwen3-VL: plus deepstack_features). The runner writes them over the image
+  placeholder tokens.
 - `decoder_model_merged.onnx`: inputs_embeds, attention_mask [batch, total_sequence_length],
-  position_ids [batch, sequence_length], logits_indices [num_logits] (which of this call's
+  position_ids [batch, sequence_length] (or [3, batch, sequence_length] for M-RoPE),
+  logits_indices [num_logits] (which of this call's
   positions get logits; generation asks only for the last) and `past_key_values.{i}.key|value`
   -> logits [batch, num_logits, vocab] and `present.{i}.key|value`. One graph for prefill (zero-length past) and decode;
   see `export.py` for why. With `kv_cache off` it is `decoder_model.onnx`, without past.
