@@ -311,3 +311,20 @@ def test_pruned_qwen3_vl_keeps_deepstack_consistent(
     sample_image().save(tmp_path / "image.png")
     expected = _torch_tokens(art, _hf_prompt(art, with_image=True))
     assert _run_cli(art.directory, "--image", str(tmp_path / "image.png")) == expected
+
+
+def test_export_failure_is_a_build_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import transformers
+
+    from prunec.backends.onnx import export
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("unsupported operator aten::frobnicate\ndetails")
+
+    monkeypatch.setattr(export, "export_embed", broken)
+    spec = SPECS["llama"]
+    model = getattr(transformers, spec.model_class)(spec.config(1)).eval()
+    with pytest.raises(
+        BuildError, match="exporting llama to ONNX failed: RuntimeError: unsupported"
+    ):
+        emit_onnx(model, None, tmp_path / "out", target=TargetSpec(kind="onnx", path=tmp_path))

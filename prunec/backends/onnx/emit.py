@@ -337,7 +337,15 @@ def emit_onnx(
     samples = [to_sample(s) for s in sample_inputs] or _synthetic_samples(model, arch, layout)
     if arch.vision and not any(s.pixel_values is not None for s in samples):
         samples += _synthetic_samples(model, arch, layout)
-    paths = _export_all(model, arch, out_dir, target, samples)
+    try:
+        paths = _export_all(model, arch, out_dir, target, samples)
+    except BuildError:
+        raise
+    except Exception as err:  # exporter failures: name the model and the cause, not a trace
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise BuildError(
+            f"exporting {model.config.model_type} to ONNX failed: {type(err).__name__}: {first}"
+        ) from err
     _save_side_files(model, processor, out_dir)
     _write_manifest(model, processor, arch, out_dir, target, paths, samples)
 
