@@ -59,8 +59,7 @@ def _target_line(kind: str, path: Any, report: Any) -> str:
             f"hf    {path}  reload max |Δlogit| {report.max_abs_logit_diff:.2e}, "
             f"generate {'ok' if report.generate_ok else 'FAILED'}, {report.seconds:.1f}s"
         )
-    summary = report.summary() if hasattr(report, "summary") else str(report)
-    return f"onnx  {path}  {summary}"
+    return f"onnx  {path}  {report.summary()}"
 
 
 def render_build(result: BuildResult, console: Console) -> None:

@@ -11,6 +11,7 @@ them, and optimum's If-merge is not available for transformers 5).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# The exporter warns once per missing torchvision op (nms, roi_align, ...) at registration;
+# prunec exports no torchvision op, so those lines are noise in the build log.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 EMBED_FILE = "embed_tokens.onnx"
 VISION_FILE = "vision_encoder.onnx"

@@ -33,3 +33,15 @@ class OnnxReport:
     int8_top1_agreement: float | None = None
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        """One line for the build log: parity per graph, greedy agreement, int8, time."""
+        diffs = ", ".join(f"{role} {diff:.1e}" for role, diff in self.max_abs_diff.items())
+        line = (
+            f"max |Δ| {diffs} (tol {self.tolerance:.1e}); greedy {self.greedy_token_agreement:.0%}"
+        )
+        if self.int8_logit_max_abs_diff is not None:
+            line += f"; int8 |Δlogit| {self.int8_logit_max_abs_diff:.3f}"
+        if self.int8_top1_agreement is not None:
+            line += f", top-1 {self.int8_top1_agreement:.0%}"
+        return f"{line}, {self.seconds:.1f}s"
