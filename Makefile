@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # torch first, pinned: the CPU wheel is served locally; any other spec pulls CUDA wheels.
 TORCH_PIN := torch==2.13.0
+# OpenMP threads must not spin-wait: tests run two workers on two cores (see prunec/cli.py).
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test lint bench clean venv golden
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per worker: `-n 2` already fills both cores.
+    torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
