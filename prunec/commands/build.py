@@ -6,17 +6,14 @@ from pathlib import Path
 
 import click
 
+from prunec.commands import cache_dir_option
+
 
 @click.command(name="build")
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--locked", is_flag=True, help="Fail if inputs differ from SPEC.lock.")
 @click.option("--no-lock", is_flag=True, help="Do not write the lockfile.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
-)
+@cache_dir_option
 def command(spec: Path, locked: bool, no_lock: bool, cache_dir: Path | None) -> None:
     """Build SPEC: every target is published only if all self-checks and gates pass."""
     from rich.console import Console

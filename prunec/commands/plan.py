@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from prunec.commands import cache_dir_option
 from prunec.errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
@@ -134,12 +135,7 @@ def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -
     help="Plan from this scores file; loads no model.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the selection as JSON.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
-)
+@cache_dir_option
 def command(spec: Path, scores_file: Path | None, as_json: bool, cache_dir: Path | None) -> None:
     """Show which layers SPEC would remove, and the regime; writes nothing."""
     from prunec.planning import solve

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from prunec.commands import cache_dir_option
+
 
 @click.command(name="score")
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
@@ -17,12 +19,7 @@ import click
     default=None,
     help="Write the scores JSON here (default: standard output).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Score cache directory (default: $PRUNEC_CACHE_DIR or ~/.cache/prunec).",
-)
+@cache_dir_option
 def command(spec: Path, output: Path | None, cache_dir: Path | None) -> None:
     """Score every decoder layer of SPEC's model on each calibration domain (cached)."""
     from prunec.scoring import score

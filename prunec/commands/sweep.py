@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from prunec.commands import cache_dir_option
 from prunec.errors import Diagnostic, SpecError
 
 
@@ -82,12 +83,7 @@ def check_strategies(text: str) -> tuple[str, ...]:
     default=None,
     help="Evaluation lines per domain (default: the spec's, else all).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Score cache directory.",
-)
+@cache_dir_option
 def command(
     spec: Path,
     budgets: str | None,
