@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 # OpenMP threads must not spin-wait: tests run two workers on two cores (see prunec/cli.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint bench clean venv golden
+.PHONY: demo test lint bench bench-streaming results clean venv golden
 
 venv: $(STAMP)
 
@@ -32,8 +32,20 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -n 2 -q
 
+# Performance targets live here, as ratios measured side by side in one run (not in tests).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_check.py
+	$(PY) benchmarks/bench_planner.py
+	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_onnx.py
+
+# Writes two random checkpoints of ~2 GB under a temporary directory.
+bench-streaming: $(STAMP)
+	$(PY) benchmarks/bench_streaming.py
+
+# Regenerates docs/RESULTS.md (budget sweep of every strategy on the testbed).
+results: $(STAMP)
+	$(PY) scripts/make_results.py
 
 golden: $(STAMP)
 	$(PY) scripts/regen_golden.py
