@@ -44,7 +44,7 @@ CODES: dict[str, str] = {
     "E302": "a layer index is out of range for the model",
     "E303": "`keep`/`protect` leave fewer removable layers than the budget needs",
     "E304": "the spacing limits cannot be met with this budget on this model",
-    "E305": "a removed layer is protected by `keep last`",
+    "E305": "a layer in `remove` is kept by `keep first`, `keep last` or `protect`",
     "E306": "a percentage budget resolves to a different count than the `remove` list",
     "W301": "a data or eval file does not exist yet (the build fails on it later)",
     "W302": "the local model directory does not exist yet",
