@@ -60,7 +60,7 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """prunec reports its own progress; transformers' per-shard bars would interleave."""
     import os
 
@@ -268,7 +268,7 @@ def build(
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    _quiet_transformers()
+    quiet_transformers()
     plan = spec if isinstance(spec, Plan) else load_spec(spec)
     preflight(plan)
 

@@ -26,10 +26,16 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console(stderr=True)
     console.rule("[bold]prunec demo: 1/2 testbed model")
+    from prunec.build import quiet_transformers
     from prunec.testbed import ensure_testbed
 
+    quiet_transformers()
     paths = ensure_testbed(root / "build" / "testbed", force=args.retrain)
-    console.print(f"testbed ready: {paths}")
+    accuracy = ", ".join(f"{d} {a:.1%}" for d, a in paths.info["eval_accuracy"].items())
+    console.print(
+        f"testbed {paths.model.relative_to(root)}: trained in {paths.info['train_seconds']}s, "
+        f"held-out greedy accuracy {accuracy}"
+    )
 
     console.rule("[bold]prunec demo: 2/2 prunec build " + args.spec)
     from prunec.cli import main as cli_main
