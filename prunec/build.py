@@ -197,7 +197,7 @@ def emit_target(
             staged,
             spec_text=plan.spec_text,
             source=plan.model.source,
-            scores=domain_importance(scores) or None,
+            scores=domain_importance(scores, [d.name for d in plan.domains]) or None,
         )
     from prunec.backends.onnx import emit_onnx
 

@@ -46,11 +46,18 @@ def selection_table(
     return table
 
 
-def domain_importance(scores: LayerScores | None) -> dict[str, Sequence[float]]:
-    """domain -> per-layer importance (all-token statistic), for tables and model cards."""
+def domain_importance(
+    scores: LayerScores | None, order: Sequence[str] = ()
+) -> dict[str, Sequence[float]]:
+    """domain -> per-layer importance (all-token statistic), for tables and model cards.
+
+    Domains listed in `order` (the spec's order) come first.
+    """
     if scores is None:
         return {}
-    return {name: scores.importance(name) for name in scores.domains}
+    names = [n for n in order if n in scores.domains]
+    names += [n for n in scores.domains if n not in names]
+    return {name: scores.importance(name) for name in names}
 
 
 def _target_line(kind: str, path: Any, report: Any) -> str:
@@ -64,7 +71,8 @@ def _target_line(kind: str, path: Any, report: Any) -> str:
 
 def render_build(result: BuildResult, console: Console) -> None:
     """Print the plan table, the published targets and the gate table."""
-    console.print(selection_table(result.selection, domain_importance(result.scores)))
+    order = [d.name for d in result.plan.domains]
+    console.print(selection_table(result.selection, domain_importance(result.scores, order)))
     for target in result.targets:
         console.print(_target_line(target.target.kind, target.target.path, target.report))
     if result.gates is not None:
