@@ -24,9 +24,7 @@ from prunec.plan.model import TargetSpec
 from prunec.runtime import Manifest, OnnxGenerator
 
 TEXT_TYPES = ("llama", "qwen2", "qwen3")
-VLM_TYPES = ("llava", "idefics3", "gemma3", "qwen2_vl", "qwen3_vl")
-#: exported only with `-m slow` (the test-time budget); same layout as qwen2_vl
-SLOW_VLM_TYPES = ("qwen2_5_vl",)
+VLM_TYPES = ("llava", "idefics3", "gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 PROMPT = "how many dots are there ?"
 NEW_TOKENS = 10
 
@@ -133,7 +131,7 @@ def _run_cli(directory: Path, *extra: str) -> list[int]:
 
 @pytest.mark.parametrize(
     "model_type",
-    [*TEXT_TYPES, *VLM_TYPES, *(pytest.param(t, marks=pytest.mark.slow) for t in SLOW_VLM_TYPES)],
+    [*TEXT_TYPES, *VLM_TYPES],
 )
 def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model_type: str) -> None:
     art = artifact(model_type)
@@ -222,7 +220,7 @@ def test_run_matches_pytorch_generate_text(
 
 @pytest.mark.parametrize("with_image", [True, False])
 @pytest.mark.parametrize(
-    "model_type", [*VLM_TYPES, *(pytest.param(t, marks=pytest.mark.slow) for t in SLOW_VLM_TYPES)]
+    "model_type", VLM_TYPES
 )
 def test_run_matches_pytorch_generate_vlm(
     artifact: Callable[..., Artifact], tmp_path: Path, model_type: str, with_image: bool
