@@ -136,7 +136,7 @@ def _run_cli(directory: Path, *extra: str) -> list[int]:
 def test_graphs_check_and_match_pytorch(artifact: Callable[..., Artifact], model_type: str) -> None:
     art = artifact(model_type)
     manifest = Manifest.read(art.directory)
-    is_vlm = model_type in VLM_TYPES + SLOW_VLM_TYPES
+    is_vlm = model_type in VLM_TYPES
     roles = {"embed_tokens", "decoder"} | ({"vision_encoder"} if is_vlm else set())
     assert set(manifest.graphs) == roles == set(art.report.max_abs_diff)
     for graph in manifest.graphs.values():
@@ -219,9 +219,7 @@ def test_run_matches_pytorch_generate_text(
 
 
 @pytest.mark.parametrize("with_image", [True, False])
-@pytest.mark.parametrize(
-    "model_type", VLM_TYPES
-)
+@pytest.mark.parametrize("model_type", VLM_TYPES)
 def test_run_matches_pytorch_generate_vlm(
     artifact: Callable[..., Artifact], tmp_path: Path, model_type: str, with_image: bool
 ) -> None:
