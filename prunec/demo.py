@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console(stderr=True)
     console.rule("[bold]prunec demo: 1/2 testbed model")
-    from prunec.build import quiet_transformers
+    from prunec.pipeline import quiet_transformers
     from prunec.testbed import ensure_testbed
 
     quiet_transformers()

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from prunec.build import BuildResult
+    from prunec.pipeline import BuildResult
     from prunec.planning import Selection
     from prunec.scoring import LayerScores
 

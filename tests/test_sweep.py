@@ -108,7 +108,7 @@ def test_unknown_strategy_is_a_usage_error(
 
 
 def test_failing_gate_publishes_nothing(testbed: Any, tmp_path: Path) -> None:
-    from prunec.build import build
+    from prunec.pipeline import build
 
     target = tmp_path / "pruned"
     spec = _spec(

@@ -18,7 +18,7 @@ def command(spec: Path, locked: bool, no_lock: bool, cache_dir: Path | None) -> 
     """Build SPEC: every target is published only if all self-checks and gates pass."""
     from rich.console import Console
 
-    from prunec.build import build
+    from prunec.pipeline import build
     from prunec.report import render_build
 
     console = Console(stderr=True, highlight=False)

@@ -96,7 +96,7 @@ def command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prunec.build import preflight
+    from prunec.pipeline import preflight
     from prunec.syntax import load_spec
     from prunec.verify.sweep import (
         DEFAULT_STRATEGIES,
