@@ -375,6 +375,13 @@ _QWEN_PROC = (
     "Qwen2VLImageProcessorPil",
     dict(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=32 * 32),
 )
+#: Image tokens, prompt placeholder and processors shared by the Qwen-VL family.
+_QWEN_VL: dict[str, Any] = dict(
+    image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+    image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
+    image_processor=_QWEN_PROC,
+    processor=None,
+)
 
 SPECS: dict[str, TinySpec] = {
     "llama": TinySpec(_text_only("llama"), "LlamaForCausalLM"),
@@ -422,26 +429,17 @@ SPECS: dict[str, TinySpec] = {
     "qwen2_vl": TinySpec(
         _qwen2_vl,
         "Qwen2VLForConditionalGeneration",
-        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
-        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
-        image_processor=_QWEN_PROC,
-        processor=None,
+        **_QWEN_VL,
     ),
     "qwen2_5_vl": TinySpec(
         _qwen2_5_vl,
         "Qwen2_5_VLForConditionalGeneration",
-        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
-        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
-        image_processor=_QWEN_PROC,
-        processor=None,
+        **_QWEN_VL,
     ),
     "qwen3_vl": TinySpec(
         _qwen3_vl,
         "Qwen3VLForConditionalGeneration",
-        image_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
-        image_placeholder="<|vision_start|> <|image_pad|> <|vision_end|>",
-        image_processor=_QWEN_PROC,
-        processor=None,
+        **_QWEN_VL,
     ),
     "idefics3": TinySpec(
         _idefics3,

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from prunec.commands.check import COLOR_OPTION, spec_files, use_color
-from prunec.errors import Diagnostic, ExitCode, SpecError, format_diagnostics
-from prunec.syntax import format_text
+from prunec.errors import ExitCode, SpecError, format_diagnostics
+from prunec.syntax import format_text, read_spec_text
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -26,14 +26,6 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SpecError([Diagnostic("E100", f"cannot read {path}: {reason}")]) from None
 
 
 def _format_stdin(check_only: bool) -> int:
@@ -68,7 +60,7 @@ def command(
             if str(path) == "-":
                 changed += _format_stdin(check_only)
                 continue
-            text = _read(path)
+            text = read_spec_text(path)
             formatted = format_text(text, str(path))
         except SpecError as err:
             colored = use_color(color)

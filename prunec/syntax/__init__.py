@@ -30,6 +30,7 @@ __all__ = [
     "format_text",
     "load_spec",
     "parse",
+    "read_spec_text",
     "validate_against_model",
 ]
 
@@ -75,7 +76,8 @@ def parse(text: str, filename: str = "<string>", base_dir: Path | None = None) -
     return result.plan
 
 
-def _read(path: Path) -> str:
+def read_spec_text(path: Path) -> str:
+    """A spec file's text; an unreadable file is a SpecError (E100), never a traceback."""
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -86,7 +88,7 @@ def _read(path: Path) -> str:
 def load_spec(path: str | Path) -> Plan:
     """The validated plan of a spec file; its paths resolve against the file's directory."""
     spec_path = Path(path)
-    text = _read(spec_path)
+    text = read_spec_text(spec_path)
     plan = parse(text, str(path), spec_path.resolve().parent)
     return plan.model_copy(update={"spec_path": spec_path.resolve(), "spec_text": text})
 
@@ -99,7 +101,7 @@ def check_file(path: str | Path) -> Analysis:
     exist yet (warnings never make the check fail).
     """
     spec_path = Path(path)
-    text = _read(spec_path)
+    text = read_spec_text(spec_path)
     result = analyze(text, str(path), spec_path.resolve().parent)
     if result.plan is None:
         return result
