@@ -255,6 +255,87 @@ def emit(
     return tuple(results)
 
 
+def can_stream(plan: Plan) -> bool:
+    """True when the build needs no weights in memory: an explicit `remove` list, no gates,
+    only HF targets, and a local safetensors checkpoint. Such builds copy the kept tensors
+    shard by shard (`prunec.backends.hf_stream`), so memory stays flat in the model's size.
+    """
+    return (
+        plan.prune.remove is not None
+        and not plan.verify.gates
+        and bool(plan.targets)
+        and all(t.kind == "hf" for t in plan.targets)
+        and plan.model.local
+        and any(Path(plan.model.source).glob("*.safetensors"))
+    )
+
+
+def _build_streaming(
+    plan: Plan,
+    num_layers: int,
+    *,
+    locked: bool,
+    write_lock: bool,
+    reporter: Reporter | None,
+    started: float,
+) -> BuildResult:
+    """`build` for `can_stream` plans: stream, self-check in child processes, publish."""
+    from prunec import lock as lockfile
+    from prunec.backends.atomic import publish, staging_directory
+    from prunec.backends.hf import HFReport
+    from prunec.backends.hf_stream import stream_prune_checkpoint
+    from prunec.backends.hf_stream_check import self_check_streamed
+    from prunec.planning import solve
+
+    check_model_fit(plan, num_layers)
+    selection = solve(plan, {}, num_layers)
+    _say(reporter, f"streaming: removing layers {list(selection.removed)} without loading weights")
+    lock_path = lockfile.lock_path_for(plan)
+    if locked:
+        lockfile.check_lock(lock_path, plan, None, None, selection)
+    results: list[TargetResult] = []
+    timings: dict[str, float] = {}
+    with ExitStack() as stack:
+        staged_dirs = []
+        for target in plan.targets:
+            tick = time.perf_counter()
+            staged = stack.enter_context(staging_directory(target.path))
+            written = stream_prune_checkpoint(
+                Path(plan.model.source), staged, selection.removed, spec_text=plan.spec_text
+            )
+            diff, generate_ok, inputs = self_check_streamed(plan.model, staged, selection.removed)
+            seconds = time.perf_counter() - tick
+            timings["emit_hf"] = timings.get("emit_hf", 0.0) + seconds
+            report = HFReport(
+                files=written.files,
+                max_abs_logit_diff=diff,
+                layer_map=written.layer_map,
+                generate_ok=generate_ok,
+                seconds=seconds,
+                checked_inputs=inputs,
+            )
+            staged_dirs.append((staged, target))
+            results.append(TargetResult(target, report))
+            _say(reporter, "emitted hf target (streamed, self-checked)")
+        for staged, target in staged_dirs:
+            publish(staged, target.path)
+            _say(reporter, f"published {target.path}")
+    written_lock = (
+        lockfile.write_lock(lock_path, plan, None, None, selection) if write_lock else None
+    )
+    return BuildResult(
+        plan=plan,
+        num_layers=num_layers,
+        selection=selection,
+        scores=None,
+        targets=tuple(results),
+        gates=None,
+        lock_path=written_lock,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+
+
 def build(
     spec: str | Path | Plan,
     *,
@@ -271,6 +352,19 @@ def build(
     quiet_transformers()
     plan = spec if isinstance(spec, Plan) else load_spec(spec)
     preflight(plan)
+    if can_stream(plan):
+        from prunec.plan.model_info import read_layer_count
+
+        num_layers = read_layer_count(plan.model)
+        if num_layers is not None:
+            return _build_streaming(
+                plan,
+                num_layers,
+                locked=locked,
+                write_lock=write_lock,
+                reporter=reporter,
+                started=started,
+            )
 
     from prunec.arch.loading import load_model
 

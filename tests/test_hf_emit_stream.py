@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import SPECS, load_processor, sample_inputs
+from tiny_models import SPECS, TINY_TYPES, load_processor, sample_inputs
 
 from prunec.arch import skip_layers
 from prunec.backends.hf_stream import read_header, stream_prune_checkpoint
@@ -17,7 +17,7 @@ from prunec.errors import BuildError
 REMOVE = [1, 4]
 
 
-@pytest.mark.parametrize("model_type", ["llava", "qwen3_vl", "gemma3", "qwen2"])
+@pytest.mark.parametrize("model_type", TINY_TYPES)
 def test_streamed_checkpoint_matches_skipped_original(
     tiny_model, tmp_path: Path, model_type: str
 ) -> None:

@@ -190,6 +190,14 @@ def stream_prune_checkpoint(
         kept_total += count
         written += size
         weight_map.update(dict.fromkeys(rename.values(), out_name))
+    if remove and dropped == 0:
+        # No tensor name matched the table's layer templates: writing would keep every layer
+        # under a config that claims fewer. Name what was expected so the table can be fixed.
+        raise BuildError(
+            f"streaming found no tensors of the removed layers in {source_dir}; the "
+            f"{entry.model_type} layer-name templates {list(entry.tensor_templates)} match "
+            "none of its tensor names"
+        )
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": written},
