@@ -9,6 +9,10 @@ Order matters for the "nothing half-done" promise:
 5. gates are checked before emission; a failed gate publishes nothing;
 6. every target is written into a staging directory beside it and self-checked; only when all
    targets passed are they moved into place, then the lockfile is written.
+
+A manual `remove` list with only HF targets and no gates needs no weights in this process:
+such builds (`can_stream`) copy the kept tensors shard by shard from the local safetensors
+checkpoint and self-check in child processes, so memory stays flat in the model's size.
 """
 
 from __future__ import annotations
