@@ -19,7 +19,8 @@ def selection_table(
     domain_importance: dict[str, Sequence[float]] | None = None,
     title: str | None = None,
 ) -> Table:
-    """One row per decoder layer: per-domain importance, the planned value, removed or kept."""
+    """One row per decoder layer: per-domain importance, the value the planner minimised
+    (its column named after the ranking), and whether the layer is removed."""
     from rich.table import Table
 
     domains = domain_importance or {}
@@ -32,17 +33,18 @@ def selection_table(
     )
     table.add_column("layer", justify="right")
     for name in domains:
-        table.add_column(f"I({name})", justify="right")
-    table.add_column("planned", justify="right")
-    table.add_column("", justify="left")
+        table.add_column(name, justify="right")
+    table.add_column(
+        "combined" if selection.ranking == "domain" else selection.ranking, justify="right"
+    )
+    table.add_column("removed", justify="center")
     removed = set(selection.removed)
     for layer in range(selection.num_layers):
-        cells = [str(layer)]
-        cells += [f"{values[layer]:.4f}" for values in domains.values()]
-        planned = selection.importance[layer] if selection.importance else float("nan")
-        cells.append(f"{planned:.4f}")
-        cells.append("[bold red]removed[/]" if layer in removed else "kept")
-        table.add_row(*cells)
+        gone = layer in removed
+        cells = [str(layer), *(f"{values[layer]:.4f}" for values in domains.values())]
+        cells.append(f"{selection.importance[layer]:.4f}" if selection.importance else "")
+        cells.append("x" if gone else "")
+        table.add_row(*cells, style="bold red" if gone else None)
     return table
 
 

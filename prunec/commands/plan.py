@@ -96,25 +96,15 @@ def plan_json(selection: Selection, scores: LayerScores | None) -> dict[str, Any
 
 def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    names = list(scores.domains) if scores is not None else []
-    table = Table(
+    from prunec.report import domain_importance, selection_table
+
+    table = selection_table(
+        selection,
+        domain_importance(scores, [d.name for d in plan.domains]),
         title=f"{plan.model.source}: remove {len(selection.removed)} of "
-        f"{selection.num_layers} layers"
+        f"{selection.num_layers} layers",
     )
-    table.add_column("layer", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    label = "combined" if selection.ranking == "domain" else selection.ranking
-    table.add_column(label, justify="right")
-    table.add_column("removed", justify="center")
-    importance = {name: scores.importance(name) for name in names} if scores else {}
-    for layer in range(selection.num_layers):
-        gone = layer in selection.removed
-        cells = [str(layer), *(f"{importance[n][layer]:.4f}" for n in names)]
-        cells += [f"{selection.importance[layer]:.4f}", "x" if gone else ""]
-        table.add_row(*cells, style="bold red" if gone else None)
     console = Console()
     console.print(table)
     console.print(
