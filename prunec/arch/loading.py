@@ -47,23 +47,53 @@ def _is_vlm(config: Any) -> bool:
     )
 
 
-def _load_config(spec: ModelSpec) -> Any:
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within `timeout` seconds.
+
+    huggingface_hub retries an unreachable hub for about 25 s per file; asking once up front
+    lets an offline build use the local cache at once, or fail at once with a clear reason.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    parsed = urlparse(constants.ENDPOINT)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "huggingface.co", port), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_config(spec: ModelSpec, local_only: bool) -> Any:
     from transformers import AutoConfig
 
     if spec.local and not Path(spec.source).is_dir():
         raise BuildError(f"model directory not found: {spec.source}")
     try:
         return AutoConfig.from_pretrained(
-            spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            spec.source,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=local_only,
         )
     except (OSError, ValueError, KeyError) as exc:
+        if local_only and not spec.local:
+            raise BuildError(
+                f"cannot load `{spec.source}`: the hub cannot be reached and the model is not "
+                "in the local cache; download it first or point `model` at a local directory"
+            ) from exc
         hint = "" if spec.local else " (is the hub reachable, or is it cached locally?)"
         raise BuildError(
             f"cannot load the config of `{spec.source}`{hint}: {_one_line(exc)}"
         ) from exc
 
 
-def _load_weights(spec: ModelSpec, config: Any) -> Any:
+def _load_weights(spec: ModelSpec, config: Any, local_only: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -72,6 +102,7 @@ def _load_weights(spec: ModelSpec, config: Any) -> Any:
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "dtype": "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype),
+        "local_files_only": local_only,
     }
     if spec.device == "auto":
         kwargs["device_map"] = "auto"  # accelerate spreads layers over the devices present
@@ -90,11 +121,17 @@ def _load_weights(spec: ModelSpec, config: Any) -> Any:
     return model.eval()
 
 
-def load_processor(source: str, revision: str | None = None, trust: bool = False) -> Any:
+def load_processor(
+    source: str, revision: str | None = None, trust: bool = False, local_only: bool = False
+) -> Any:
     """AutoProcessor when the checkpoint has one, else AutoTokenizer, else None."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust}
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "trust_remote_code": trust,
+        "local_files_only": local_only,
+    }
     try:
         return AutoProcessor.from_pretrained(source, **kwargs)
     except Exception:
@@ -120,16 +157,18 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Load `spec.source` (local dir or hub id) with its processor; BuildError on failure.
 
     VLMs (configs with a vision part) load via AutoModelForImageTextToText, text LMs via
-    AutoModelForCausalLM. `trust_remote_code` is passed only as the spec says.
+    AutoModelForCausalLM. `trust_remote_code` is passed only as the spec says. When the hub
+    cannot be reached, a hub id loads from the local cache only (no retry storm).
     """
     from prunec.arch.locate import locate_decoder
 
-    config = _load_config(spec)
-    model = _load_weights(spec, config)
+    local_only = not spec.local and not hub_reachable()
+    config = _load_config(spec, local_only)
+    model = _load_weights(spec, config, local_only)
     stack = locate_decoder(model)
     return LoadedModel(
         model=model,
-        processor=load_processor(spec.source, spec.revision, spec.trust_remote_code),
+        processor=load_processor(spec.source, spec.revision, spec.trust_remote_code, local_only),
         source_dir=_source_dir(spec),
         num_layers=len(stack.layers),
     )

@@ -75,10 +75,13 @@ def _hub_layer_count(plan: Plan) -> int:
     try:
         from transformers import AutoConfig
 
+        from prunec.arch.loading import hub_reachable
+
         config = AutoConfig.from_pretrained(
             plan.model.source,
             revision=plan.model.revision,
             trust_remote_code=plan.model.trust_remote_code,
+            local_files_only=not hub_reachable(),
         )
         return int(config.get_text_config(decoder=True).num_hidden_layers)
     except Exception as err:
