@@ -223,6 +223,32 @@ def ensure_pruned(loaded: LoadedModel, selection: Selection) -> None:
     remove_layers(loaded.model, list(selection.removed))
 
 
+def stage_and_publish(
+    targets: Sequence[TargetSpec],
+    write: Callable[[TargetSpec, Path], Any],
+    reporter: Reporter | None = None,
+    how: str = "staged, self-checked",
+) -> tuple[TargetResult, ...]:
+    """Write every target into a staging directory beside it with `write(target, staged)`
+    (which self-checks and returns its report), then publish them all. Nothing is published
+    unless every target was written; a failure removes every staging directory.
+    """
+    from prunec.backends.atomic import publish, staging_directory
+
+    results: list[TargetResult] = []
+    with ExitStack() as stack:
+        staged_dirs = []
+        for target in targets:
+            staged = stack.enter_context(staging_directory(target.path))
+            results.append(TargetResult(target, write(target, staged)))
+            staged_dirs.append((staged, target))
+            _say(reporter, f"emitted {target.kind} target ({how})")
+        for staged, target in staged_dirs:
+            publish(staged, target.path)
+            _say(reporter, f"published {target.path}")
+    return tuple(results)
+
+
 def emit(
     plan: Plan,
     loaded: LoadedModel,
@@ -238,25 +264,16 @@ def emit(
     is staged beside its final path; targets are published only after all of them passed,
     so a failure leaves every earlier artifact untouched.
     """
-    from prunec.backends.atomic import publish, staging_directory
-
     ensure_pruned(loaded, selection)
     if samples is None:
         needs_samples = any(t.kind == "onnx" for t in plan.targets)
         samples = calibration_inputs(plan, loaded) if needs_samples else []
-    results: list[TargetResult] = []
-    with ExitStack() as stack:
-        staged_dirs = []
-        for target in plan.targets:
-            staged = stack.enter_context(staging_directory(target.path))
-            report = emit_target(target, loaded, selection, staged, plan, samples, scores)
-            staged_dirs.append((staged, target))
-            results.append(TargetResult(target, report))
-            _say(reporter, f"emitted {target.kind} target (staged, self-checked)")
-        for staged, target in staged_dirs:
-            publish(staged, target.path)
-            _say(reporter, f"published {target.path}")
-    return tuple(results)
+    inputs = samples
+    return stage_and_publish(
+        plan.targets,
+        lambda target, staged: emit_target(target, loaded, selection, staged, plan, inputs, scores),
+        reporter,
+    )
 
 
 def can_stream(plan: Plan) -> bool:
@@ -285,7 +302,6 @@ def _build_streaming(
 ) -> BuildResult:
     """`build` for `can_stream` plans: stream, self-check in child processes, publish."""
     from prunec import lock as lockfile
-    from prunec.backends.atomic import publish, staging_directory
     from prunec.backends.hf import HFReport
     from prunec.backends.hf_stream import stream_prune_checkpoint
     from prunec.backends.hf_stream_check import self_check_streamed
@@ -297,33 +313,26 @@ def _build_streaming(
     lock_path = lockfile.lock_path_for(plan)
     if locked:
         lockfile.check_lock(lock_path, plan, None, None, selection)
-    results: list[TargetResult] = []
     timings: dict[str, float] = {}
-    with ExitStack() as stack:
-        staged_dirs = []
-        for target in plan.targets:
-            tick = time.perf_counter()
-            staged = stack.enter_context(staging_directory(target.path))
-            written = stream_prune_checkpoint(
-                Path(plan.model.source), staged, selection.removed, spec_text=plan.spec_text
-            )
-            diff, generate_ok, inputs = self_check_streamed(plan.model, staged, selection.removed)
-            seconds = time.perf_counter() - tick
-            timings["emit_hf"] = timings.get("emit_hf", 0.0) + seconds
-            report = HFReport(
-                files=written.files,
-                max_abs_logit_diff=diff,
-                layer_map=written.layer_map,
-                generate_ok=generate_ok,
-                seconds=seconds,
-                checked_inputs=inputs,
-            )
-            staged_dirs.append((staged, target))
-            results.append(TargetResult(target, report))
-            _say(reporter, "emitted hf target (streamed, self-checked)")
-        for staged, target in staged_dirs:
-            publish(staged, target.path)
-            _say(reporter, f"published {target.path}")
+
+    def write(target: TargetSpec, staged: Path) -> HFReport:
+        tick = time.perf_counter()
+        written = stream_prune_checkpoint(
+            Path(plan.model.source), staged, selection.removed, spec_text=plan.spec_text
+        )
+        diff, generate_ok, inputs = self_check_streamed(plan.model, staged, selection.removed)
+        seconds = time.perf_counter() - tick
+        timings["emit_hf"] = timings.get("emit_hf", 0.0) + seconds
+        return HFReport(
+            files=written.files,
+            max_abs_logit_diff=diff,
+            layer_map=written.layer_map,
+            generate_ok=generate_ok,
+            seconds=seconds,
+            checked_inputs=inputs,
+        )
+
+    results = stage_and_publish(plan.targets, write, reporter, "streamed, self-checked")
     written_lock = (
         lockfile.write_lock(lock_path, plan, None, None, selection) if write_lock else None
     )
@@ -332,7 +341,7 @@ def _build_streaming(
         num_layers=num_layers,
         selection=selection,
         scores=None,
-        targets=tuple(results),
+        targets=results,
         gates=None,
         lock_path=written_lock,
         seconds=time.perf_counter() - started,

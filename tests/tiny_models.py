@@ -177,15 +177,16 @@ _QWEN_VISION = dict(
 )
 
 
+def _qwen2_vl_text(n: int) -> dict[str, Any]:
+    """The text config Qwen2-VL and Qwen2.5-VL share: M-RoPE over 3 sections."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    return {**TEXT_KW, "num_hidden_layers": n, "max_window_layers": n - 2, "rope_parameters": rope}
+
+
 def _qwen2_vl(n: int) -> Any:
     from transformers import Qwen2VLConfig
 
-    text = {**TEXT_KW, "num_hidden_layers": n, "max_window_layers": n - 2}
-    text["rope_parameters"] = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [2, 3, 3],
-    }
+    text = _qwen2_vl_text(n)
     return Qwen2VLConfig(
         text_config=text,
         vision_config=dict(_QWEN_VISION),
@@ -199,12 +200,7 @@ def _qwen2_vl(n: int) -> Any:
 def _qwen2_5_vl(n: int) -> Any:
     from transformers import Qwen2_5_VLConfig
 
-    text = {**TEXT_KW, "num_hidden_layers": n, "max_window_layers": n - 2}
-    text["rope_parameters"] = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [2, 3, 3],
-    }
+    text = _qwen2_vl_text(n)
     vision = dict(
         depth=2,
         hidden_size=32,
