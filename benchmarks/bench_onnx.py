@@ -50,10 +50,9 @@ def spread(layers: int, k: int) -> list[int]:
 
 
 def export(model: torch.nn.Module, out: Path) -> float:
-    from prunec.backends.onnx import emit_onnx
-    from prunec.plan.model import TargetSpec
+    from prunec.backends.onnx import OnnxOptions, emit_onnx
 
-    report = emit_onnx(model, None, out, target=TargetSpec(kind="onnx", path=out))
+    report = emit_onnx(model, None, out, target=OnnxOptions())
     return max(report.max_abs_diff.values())
 
 

@@ -121,7 +121,7 @@ _STREAM = """
 import resource, sys, time
 from pathlib import Path
 t = time.perf_counter()
-from prunec.backends.hf_stream import stream_prune_checkpoint
+from prunec.backends.hf.stream import stream_prune_checkpoint
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 stream_prune_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), eval(sys.argv[3]))
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)

@@ -14,6 +14,7 @@ import os
 # threads on a busy 2-core machine). Passive waiting costs little when the machine is idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -27,6 +28,24 @@ from prunec.errors import ExitCode, PrunecError
 
 class _State:
     debug = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, Kubernetes, Slurm) arrived: unwind like Ctrl-C, so every staging
+    directory is removed and no target is touched."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
+    raise Terminated()
+
+
+def _interrupted(err: BaseException) -> None:
+    terminated = isinstance(err, Terminated)
+    how = "terminated (SIGTERM)" if terminated else "interrupted"
+    click.echo(f"{how}; targets were left as they were", err=True)
+    code = ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    raise SystemExit(int(code)) from None
 
 
 def _fail(err: PrunecError) -> None:
@@ -76,16 +95,15 @@ def cli(debug: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: runs the CLI and maps every failure to a named exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except PrunecError as err:
         _fail(err)
-    except click.exceptions.Abort:
-        click.echo("interrupted; targets were left as they were", err=True)
-        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted; targets were left as they were", err=True)
-        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
+    except click.exceptions.Abort as err:
+        _interrupted(err.__cause__ if isinstance(err.__cause__, Terminated) else err)
+    except KeyboardInterrupt as err:
+        _interrupted(err)
     except click.exceptions.Exit as ex:
         raise SystemExit(ex.exit_code) from None
     except click.ClickException as ex:

@@ -18,7 +18,8 @@ class ExitCode(enum.IntEnum):
     LOCK = 5  # `--locked` and the inputs no longer match the lockfile
     FMT = 6  # `fmt --check` found files that are not canonically formatted
     USAGE = 64  # bad command-line usage (EX_USAGE); click's own default 2 would clash with SPEC
-    INTERRUPTED = 130  # Ctrl-C; targets are left as they were
+    INTERRUPTED = 130  # Ctrl-C (SIGINT); targets are left as they were
+    TERMINATED = 143  # SIGTERM (128 + 15, as shells report it); targets are left as they were
 
 
 @dataclass(frozen=True, order=True)

@@ -18,8 +18,8 @@ checkpoint and self-check in child processes, so memory stays flat in the model'
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,12 +84,13 @@ def _say(reporter: Reporter | None, message: str) -> None:
 _MISSING_AT_BUILD = {"W301": "E310", "W302": "E311"}
 
 
-def preflight(plan: Plan) -> None:
-    """Checks that need neither torch nor the model: every file the spec names exists.
+def preflight(plan: Plan, *, force: bool = False) -> None:
+    """Checks that need neither torch nor the model: every file the spec names exists, and no
+    target would replace something prunec did not write (`force`: a foreign directory may go).
 
     Raises SpecError with every problem found, each pointing at the spec.
     """
-    from prunec.syntax.model_checks import missing_file_warnings
+    from prunec.syntax.model_checks import missing_file_warnings, target_problems
 
     diags = [
         replace(
@@ -100,6 +101,7 @@ def preflight(plan: Plan) -> None:
         )
         for d in missing_file_warnings(plan)
     ]
+    diags += target_problems(plan, force)
     if diags:
         raise SpecError(diags, _sources(plan, diags))
 
@@ -130,17 +132,24 @@ def check_model_fit(plan: Plan, num_layers: int) -> None:
         raise SpecError(errors, _sources(plan, errors))
 
 
-def loaded_model_type(loaded: LoadedModel) -> str:
+def model_config_dict(loaded: LoadedModel) -> dict[str, Any]:
+    """The loaded model's config as config.json would hold it."""
     config: Any = loaded.model.config
-    return str(config.model_type)
+    return dict(config.to_dict())
 
 
-def check_targets_supported(plan: Plan, model_type: str) -> None:
-    """Fail before any work when a target cannot handle this architecture."""
-    if any(t.kind == "onnx" for t in plan.targets):
-        from prunec.backends.onnx import check_onnx_supported
+def check_targets_supported(plan: Plan, config: dict[str, Any]) -> None:
+    """Fail before any work when a target kind cannot handle this model (BuildError)."""
+    from prunec.backends.base import backend_for
 
-        check_onnx_supported(model_type)
+    for target in plan.targets:
+        backend_for(target.kind).check_supported(config)
+
+
+def _needs_samples(plan: Plan) -> bool:
+    from prunec.backends.base import backend_for
+
+    return any(backend_for(t.kind).needs_samples for t in plan.targets)
 
 
 def evaluate_domains(
@@ -183,29 +192,26 @@ def calibration_inputs(plan: Plan, loaded: LoadedModel, limit: int = 2) -> list[
 
 def emit_target(
     target: TargetSpec,
-    loaded: LoadedModel,
+    loaded: LoadedModel | None,
     selection: Selection,
     staged: Path,
     plan: Plan,
-    samples: list[dict[str, Any]],
+    samples: Sequence[dict[str, Any]] = (),
     scores: LayerScores | None = None,
 ) -> Any:
-    """Write one target into its staging directory and self-check it."""
-    if target.kind == "hf":
-        from prunec.backends.hf import emit_hf
-        from prunec.report import domain_importance
+    """Write one target into its staging directory and self-check it (its kind's `emit`).
 
-        return emit_hf(
-            loaded,
-            list(selection.removed),
-            staged,
-            spec_text=plan.spec_text,
-            source=plan.model.source,
-            scores=domain_importance(scores, [d.name for d in plan.domains]) or None,
-        )
-    from prunec.backends.onnx import emit_onnx
+    loaded: the pruned model, or None for a streamed build (kinds with `streams`).
+    """
+    from prunec.backends.atomic import MANIFEST, write_manifest
+    from prunec.backends.base import EmitJob, backend_for
 
-    return emit_onnx(loaded.model, loaded.processor, staged, target=target, sample_inputs=samples)
+    job = EmitJob(plan, target, selection, staged, loaded, samples, scores)
+    report = backend_for(target.kind).emit(job)
+    if not (staged / MANIFEST).is_file():  # what marks the folder as prunec's to replace later
+        meta = {"kind": target.kind, "source": plan.model.source, "removed": selection.removed}
+        write_manifest(staged, meta)
+    return report
 
 
 def ensure_pruned(loaded: LoadedModel, selection: Selection) -> None:
@@ -223,20 +229,39 @@ def ensure_pruned(loaded: LoadedModel, selection: Selection) -> None:
     remove_layers(loaded.model, list(selection.removed))
 
 
+@contextmanager
+def hold_targets(targets: Sequence[TargetSpec], reporter: Reporter | None = None) -> Iterator[None]:
+    """Hold every target's build lock (see `prunec.backends.atomic.target_lock`).
+
+    Taken before the model loads, so an unwritable target or a concurrent build of the same
+    target fails in seconds (BuildError), and left-overs of dead builds are cleaned first.
+    """
+    from prunec.backends.atomic import target_lock
+
+    with ExitStack() as stack:
+        for target in targets:
+            stack.enter_context(target_lock(target.path, reporter))
+        yield
+
+
 def stage_and_publish(
     targets: Sequence[TargetSpec],
     write: Callable[[TargetSpec, Path], Any],
     reporter: Reporter | None = None,
     how: str = "staged, self-checked",
+    *,
+    force: bool = False,
 ) -> tuple[TargetResult, ...]:
     """Write every target into a staging directory beside it with `write(target, staged)`
     (which self-checks and returns its report), then publish them all. Nothing is published
-    unless every target was written; a failure removes every staging directory.
+    unless every target was written; a failure removes every staging directory. `force`
+    allows replacing a directory prunec did not write.
     """
     from prunec.backends.atomic import publish, staging_directory
 
     results: list[TargetResult] = []
     with ExitStack() as stack:
+        stack.enter_context(hold_targets(targets, reporter))
         staged_dirs = []
         for target in targets:
             staged = stack.enter_context(staging_directory(target.path))
@@ -244,7 +269,7 @@ def stage_and_publish(
             staged_dirs.append((staged, target))
             _say(reporter, f"emitted {target.kind} target ({how})")
         for staged, target in staged_dirs:
-            publish(staged, target.path)
+            publish(staged, target.path, force=force)
             _say(reporter, f"published {target.path}")
     return tuple(results)
 
@@ -257,35 +282,40 @@ def emit(
     scores: LayerScores | None = None,
     samples: list[dict[str, Any]] | None = None,
     reporter: Reporter | None = None,
+    force: bool = False,
 ) -> tuple[TargetResult, ...]:
     """Write, self-check and publish every target of `plan` for the pruned model.
 
     Applies the selection's surgery first if the model still has all its layers. Each target
     is staged beside its final path; targets are published only after all of them passed,
-    so a failure leaves every earlier artifact untouched.
+    so a failure leaves every earlier artifact untouched. A target replaces only what an
+    earlier prunec build published (`force`: a foreign directory too).
     """
     ensure_pruned(loaded, selection)
     if samples is None:
-        needs_samples = any(t.kind == "onnx" for t in plan.targets)
-        samples = calibration_inputs(plan, loaded) if needs_samples else []
+        samples = calibration_inputs(plan, loaded) if _needs_samples(plan) else []
     inputs = samples
     return stage_and_publish(
         plan.targets,
         lambda target, staged: emit_target(target, loaded, selection, staged, plan, inputs, scores),
         reporter,
+        force=force,
     )
 
 
 def can_stream(plan: Plan) -> bool:
     """True when the build needs no weights in memory: an explicit `remove` list, no gates,
-    only HF targets, and a local safetensors checkpoint. Such builds copy the kept tensors
-    shard by shard (`prunec.backends.hf_stream`), so memory stays flat in the model's size.
+    only target kinds that stream, and a local safetensors checkpoint. Such builds copy the
+    kept tensors shard by shard (`prunec.backends.hf.stream`), so memory stays flat in the
+    model's size.
     """
+    from prunec.backends.base import backend_for
+
     return (
         plan.prune.remove is not None
         and not plan.verify.gates
         and bool(plan.targets)
-        and all(t.kind == "hf" for t in plan.targets)
+        and all(backend_for(t.kind).streams for t in plan.targets)
         and plan.model.local
         and any(Path(plan.model.source).glob("*.safetensors"))
     )
@@ -299,12 +329,10 @@ def _build_streaming(
     write_lock: bool,
     reporter: Reporter | None,
     started: float,
+    force: bool,
 ) -> BuildResult:
     """`build` for `can_stream` plans: stream, self-check in child processes, publish."""
     from prunec import lock as lockfile
-    from prunec.backends.hf import HFReport
-    from prunec.backends.hf_stream import stream_prune_checkpoint
-    from prunec.backends.hf_stream_check import self_check_streamed
     from prunec.planning import solve
 
     check_model_fit(plan, num_layers)
@@ -313,26 +341,13 @@ def _build_streaming(
     lock_path = lockfile.lock_path_for(plan)
     if locked:
         lockfile.check_lock(lock_path, plan, None, None, selection)
-    timings: dict[str, float] = {}
-
-    def write(target: TargetSpec, staged: Path) -> HFReport:
-        tick = time.perf_counter()
-        written = stream_prune_checkpoint(
-            Path(plan.model.source), staged, selection.removed, spec_text=plan.spec_text
-        )
-        diff, generate_ok, inputs = self_check_streamed(plan.model, staged, selection.removed)
-        seconds = time.perf_counter() - tick
-        timings["emit_hf"] = timings.get("emit_hf", 0.0) + seconds
-        return HFReport(
-            files=written.files,
-            max_abs_logit_diff=diff,
-            layer_map=written.layer_map,
-            generate_ok=generate_ok,
-            seconds=seconds,
-            checked_inputs=inputs,
-        )
-
-    results = stage_and_publish(plan.targets, write, reporter, "streamed, self-checked")
+    results = stage_and_publish(
+        plan.targets,
+        lambda target, staged: emit_target(target, None, selection, staged, plan),
+        reporter,
+        "streamed, self-checked",
+        force=force,
+    )
     written_lock = (
         lockfile.write_lock(lock_path, plan, None, None, selection) if write_lock else None
     )
@@ -345,8 +360,16 @@ def _build_streaming(
         gates=None,
         lock_path=written_lock,
         seconds=time.perf_counter() - started,
-        timings=timings,
+        timings=_emit_timings(results),
     )
+
+
+def _emit_timings(results: Sequence[TargetResult]) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    for result in results:
+        key = f"emit_{result.target.kind}"
+        timings[key] = timings.get(key, 0.0) + float(getattr(result.report, "seconds", 0.0))
+    return timings
 
 
 def build(
@@ -356,19 +379,24 @@ def build(
     write_lock: bool = True,
     cache_dir: Path | None = None,
     reporter: Reporter | None = None,
+    force: bool = False,
 ) -> BuildResult:
-    """Run the whole pipeline for one spec. See the module docstring for the order."""
+    """Run the whole pipeline for one spec. See the module docstring for the order.
+
+    force: allow a target to replace a directory that prunec did not write.
+    """
     from prunec.syntax import load_spec
 
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     quiet_transformers()
     plan = spec if isinstance(spec, Plan) else load_spec(spec)
-    preflight(plan)
-    if can_stream(plan):
-        from prunec.plan.model_info import read_layer_count
+    preflight(plan, force=force)
+    with hold_targets(plan.targets, reporter):
+        num_layers = None
+        if can_stream(plan):
+            from prunec.plan.model_info import read_layer_count
 
-        num_layers = read_layer_count(plan.model)
+            num_layers = read_layer_count(plan.model)
         if num_layers is not None:
             return _build_streaming(
                 plan,
@@ -377,16 +405,39 @@ def build(
                 write_lock=write_lock,
                 reporter=reporter,
                 started=started,
+                force=force,
             )
+        return _build_in_memory(
+            plan,
+            locked=locked,
+            write_lock=write_lock,
+            cache_dir=cache_dir,
+            reporter=reporter,
+            started=started,
+            force=force,
+        )
 
+
+def _build_in_memory(
+    plan: Plan,
+    *,
+    locked: bool,
+    write_lock: bool,
+    cache_dir: Path | None,
+    reporter: Reporter | None,
+    started: float,
+    force: bool,
+) -> BuildResult:
+    """`build` with the model in memory: load, score, solve, gate, emit, lock."""
     from prunec.arch.loading import load_model
 
+    timings: dict[str, float] = {}
     tick = time.perf_counter()
     loaded = load_model(plan.model)
     timings["load"] = time.perf_counter() - tick
     _say(reporter, f"loaded {plan.model.source} ({loaded.num_layers} decoder layers)")
     check_model_fit(plan, loaded.num_layers)
-    check_targets_supported(plan, loaded_model_type(loaded))
+    check_targets_supported(plan, model_config_dict(loaded))
 
     from prunec.planning import solve
 
@@ -412,9 +463,7 @@ def build(
         original = evaluate_domains(plan, loaded, reporter, label="original ")
         timings["eval_original"] = time.perf_counter() - tick
 
-    samples = (
-        calibration_inputs(plan, loaded) if any(t.kind == "onnx" for t in plan.targets) else []
-    )
+    samples = calibration_inputs(plan, loaded) if _needs_samples(plan) else []
 
     ensure_pruned(loaded, selection)
 
@@ -429,8 +478,10 @@ def build(
         if not gates.passed:
             raise VerifyError("a verify gate failed; no target was published", gates.render())
 
-    results = emit(plan, loaded, selection, scores=scores, samples=samples, reporter=reporter)
-    timings.update({f"emit_{r.target.kind}": getattr(r.report, "seconds", 0.0) for r in results})
+    results = emit(
+        plan, loaded, selection, scores=scores, samples=samples, reporter=reporter, force=force
+    )
+    timings.update(_emit_timings(results))
 
     written = None
     if write_lock:

@@ -63,12 +63,7 @@ def domain_importance(
 
 
 def _target_line(kind: str, path: Any, report: Any) -> str:
-    if kind == "hf":
-        return (
-            f"hf    {path}  reload max |Δlogit| {report.max_abs_logit_diff:.2e}, "
-            f"generate {'ok' if report.generate_ok else 'FAILED'}, {report.seconds:.1f}s"
-        )
-    return f"onnx  {path}  {report.summary()}"
+    return f"{kind:<5} {path}  {report.summary()}"
 
 
 def render_build(result: BuildResult, console: Console) -> None:

@@ -95,6 +95,7 @@ def test_failed_gate_publishes_nothing_and_keeps_the_earlier_target(
     earlier = tmp_path / "out" / "hf"
     earlier.mkdir(parents=True)
     (earlier / "config.json").write_text('{"earlier": true}')
+    (earlier / "prunec-manifest.json").write_text('{"prunec_version": "0.1.0"}')  # ours
     # Removing four of six layers cannot keep 100% of the answers' likelihood.
     spec = _spec(tmp_path, testbed, "remove 1, 2, 3, 4", "math nll >= 100%")
     assert _run("build", str(spec), "--no-lock") == ExitCode.VERIFY

@@ -11,7 +11,7 @@ import torch
 from tiny_models import SPECS, TINY_TYPES, load_processor, sample_inputs
 
 from prunec.arch import skip_layers
-from prunec.backends.hf_stream import read_header, stream_prune_checkpoint
+from prunec.backends.hf.stream import read_header, stream_prune_checkpoint
 from prunec.errors import BuildError
 
 REMOVE = [1, 4]

@@ -17,10 +17,9 @@ import torch
 from click.testing import CliRunner
 from tiny_models import SPECS, load_processor, sample_image, sample_inputs
 
-from prunec.backends.onnx import check_onnx_supported, emit_onnx
+from prunec.backends.onnx import OnnxOptions, check_onnx_supported, emit_onnx
 from prunec.backends.onnx.report import OnnxReport
 from prunec.errors import BuildError
-from prunec.plan.model import TargetSpec
 from prunec.runtime import Manifest, OnnxGenerator
 
 TEXT_TYPES = ("llama", "qwen2", "qwen3")
@@ -78,7 +77,7 @@ def artifact(
 
                 remove_layers(model, remove)
             out = tmp_path_factory.mktemp(f"onnx-{model_type}-{quantize}")
-            target = TargetSpec(kind="onnx", path=out, quantize=quantize, kv_cache=kv_cache)  # type: ignore[arg-type]
+            target = OnnxOptions(quantize=quantize, kv_cache=kv_cache)  # type: ignore[arg-type]
             report = emit_onnx(
                 model, processor, out, target=target, sample_inputs=_samples(model_type, processor)
             )
@@ -202,7 +201,7 @@ def test_unsupported_architecture_fails_before_any_work(tmp_path: Path) -> None:
     model = getattr(transformers, spec.model_class)(spec.config(2))
     out = tmp_path / "never"
     with pytest.raises(BuildError, match=r"`mistral3`"):
-        emit_onnx(model, None, out, target=TargetSpec(kind="onnx", path=out))
+        emit_onnx(model, None, out, target=OnnxOptions())
     assert not out.exists()
 
 
@@ -323,4 +322,4 @@ def test_export_failure_is_a_build_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(
         BuildError, match="exporting llama to ONNX failed: RuntimeError: unsupported"
     ):
-        emit_onnx(model, None, tmp_path / "out", target=TargetSpec(kind="onnx", path=tmp_path))
+        emit_onnx(model, None, tmp_path / "out", target=OnnxOptions())

@@ -128,7 +128,7 @@ def test_every_construct_of_the_language() -> None:
     )
     assert plan.verify.samples == 5
     target = plan.targets[0]
-    assert (target.opset, target.quantize, target.kv_cache) == (17, "int8", False)
+    assert target.options == {"opset": 17, "quantize": "int8", "kv_cache": False}
 
 
 def test_package_level_api() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunec.arch.checkpoint import read_config_json, verify_checkpoint
 from prunec.errors import BuildError
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 def _load_config(spec: ModelSpec, local_only: bool) -> Any:
     from transformers import AutoConfig
 
-    if spec.local and not Path(spec.source).is_dir():
-        raise BuildError(f"model directory not found: {spec.source}")
+    if spec.local:
+        if not Path(spec.source).is_dir():
+            raise BuildError(f"model directory not found: {spec.source}")
+        read_config_json(Path(spec.source))  # a missing or broken file, named precisely
     try:
         return AutoConfig.from_pretrained(
             spec.source,
@@ -81,16 +84,15 @@ def _load_config(spec: ModelSpec, local_only: bool) -> Any:
             trust_remote_code=spec.trust_remote_code,
             local_files_only=local_only,
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # transformers' many ways of rejecting a config file
         if local_only and not spec.local:
             raise BuildError(
                 f"cannot load `{spec.source}`: the hub cannot be reached and the model is not "
                 "in the local cache; download it first or point `model` at a local directory"
             ) from exc
         hint = "" if spec.local else " (is the hub reachable, or is it cached locally?)"
-        raise BuildError(
-            f"cannot load the config of `{spec.source}`{hint}: {_one_line(exc)}"
-        ) from exc
+        where = f"{Path(spec.source) / 'config.json'}" if spec.local else f"`{spec.source}`"
+        raise BuildError(f"cannot load the config {where}{hint}: {_one_line(exc)}") from exc
 
 
 def _load_weights(spec: ModelSpec, config: Any, local_only: bool) -> Any:
@@ -106,12 +108,17 @@ def _load_weights(spec: ModelSpec, config: Any, local_only: bool) -> Any:
     }
     if spec.device == "auto":
         kwargs["device_map"] = "auto"  # accelerate spreads layers over the devices present
+    if spec.local:
+        verify_checkpoint(Path(spec.source))  # truncated or corrupt shards, named precisely
     try:
         model = auto.from_pretrained(spec.source, config=config, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
+    except Exception as exc:  # broken weight files reach us as many exception types
+        reason = _one_line(exc)
+        if "mismatch" in reason.lower():
+            reason = "tensor shapes in the checkpoint do not match its config.json"
         raise BuildError(
             f"cannot load `{spec.source}` as {auto.__name__} "
-            f"(model type `{config.model_type}`): {_one_line(exc)}"
+            f"(model type `{config.model_type}`): {reason}"
         ) from exc
     if spec.device not in ("auto", "cpu"):
         try:

@@ -13,8 +13,13 @@ from prunec.commands import cache_dir_option
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--locked", is_flag=True, help="Fail if inputs differ from SPEC.lock.")
 @click.option("--no-lock", is_flag=True, help="Do not write the lockfile.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Let a target replace an existing directory that prunec did not write.",
+)
 @cache_dir_option
-def command(spec: Path, locked: bool, no_lock: bool, cache_dir: Path | None) -> None:
+def command(spec: Path, locked: bool, no_lock: bool, force: bool, cache_dir: Path | None) -> None:
     """Build SPEC: every target is published only if all self-checks and gates pass."""
     from rich.console import Console
 
@@ -27,6 +32,7 @@ def command(spec: Path, locked: bool, no_lock: bool, cache_dir: Path | None) -> 
         locked=locked,
         write_lock=not no_lock,
         cache_dir=cache_dir,
+        force=force,
         reporter=lambda message: console.print(f"[dim]·[/dim] {message}"),
     )
     render_build(result, console)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from prunec.errors import Diagnostic, ExitCode, SourceMap, SpecError, format_diagnostics
+from prunec.errors import Diagnostic, ExitCode, format_diagnostics
 from prunec.syntax import Analysis, check_file
 
 
@@ -41,10 +41,7 @@ def use_color(choice: str) -> bool:
 
 
 def _check_one(path: Path) -> Analysis:
-    try:
-        return check_file(path)
-    except SpecError as err:  # the file could not be read at all
-        return Analysis(None, err.diagnostics, SourceMap())
+    return check_file(path)
 
 
 def _diagnostic_json(diag: Diagnostic) -> dict[str, Any]:

@@ -11,7 +11,7 @@ compare equal through `plan.model_dump()` (spans are excluded from dumps and fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -151,16 +151,15 @@ class VerifySpec(_Frozen):
 class TargetSpec(_Frozen):
     """An artifact to emit.
 
-    kind: "hf" (a Hugging Face checkpoint directory) or "onnx" (onnxruntime graphs).
+    kind: a registered target kind (`prunec.plan.registry.target_kinds()`: "hf", "onnx", ...).
     path: absolute output directory, written atomically.
-    opset / quantize / kv_cache: ONNX options (ignored for "hf").
+    options: the kind's options as validated by its `Options` model, defaults filled in
+        (`backend_for(kind).options(target)` gives them typed).
     """
 
-    kind: Literal["hf", "onnx"]
+    kind: str
     path: Path
-    opset: int = 18
-    quantize: Literal["none", "int8"] = "none"
-    kv_cache: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Plan(_Frozen):

@@ -12,13 +12,9 @@ from prunec.plan.model import ModelSpec
 _TEXT_CONFIG_KEYS = ("text_config", "language_config", "llm_config")
 
 
-def read_layer_count(model: ModelSpec) -> int | None:
-    """The decoder layer count of a local model directory, read from config.json.
-
-    Reads plain JSON (no torch/transformers import, so `prunec check` stays fast). Looks for
-    `num_hidden_layers` at the top level, then under `text_config` (VLMs). None when the
-    model is a hub id, the directory or config is missing or unreadable, or no count is found.
-    """
+def read_config(model: ModelSpec) -> dict[str, Any] | None:
+    """config.json of a local model directory as plain JSON (no torch/transformers import, so
+    `prunec check` stays fast); None for a hub id or a missing or unreadable config."""
     if not model.local:
         return None
     config_path = Path(model.source) / "config.json"
@@ -26,17 +22,28 @@ def read_layer_count(model: ModelSpec) -> int | None:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return _layer_count(config)
+    return config if isinstance(config, dict) else None
 
 
-def _layer_count(config: Any) -> int | None:
+def read_layer_count(model: ModelSpec) -> int | None:
+    """The decoder layer count of a local model directory, read from config.json.
+
+    Looks for `num_hidden_layers` at the top level, then under `text_config` (VLMs). None when
+    the model is a hub id, the directory or config is missing or unreadable, or no count is
+    found.
+    """
+    return layer_count(read_config(model))
+
+
+def layer_count(config: Any) -> int | None:
+    """The decoder layer count in a config.json dict (None when there is none)."""
     if not isinstance(config, dict):
         return None
     count = config.get("num_hidden_layers")
     if isinstance(count, int) and not isinstance(count, bool) and count > 0:
         return count
     for key in _TEXT_CONFIG_KEYS:
-        nested = _layer_count(config.get(key))
+        nested = layer_count(config.get(key))
         if nested is not None:
             return nested
     return None

@@ -5,7 +5,7 @@ Public entry points (none imports torch or transformers):
     parse(text, filename, base_dir) -> Plan       raises SpecError with every diagnostic
     load_spec(path) -> Plan                        the same for a file; paths resolve next to it
     analyze(text, filename, base_dir) -> Analysis  the plan (or None) and all diagnostics
-    check_file(path) -> Analysis                   analyze + model-dependent checks + warnings
+    check_file(path) -> Analysis                   analyze + model, target checks + warnings
     format_text(text, filename) -> str             canonical form, every comment kept
     validate_against_model(plan, num_layers)       checks that need the layer count
 """
@@ -15,12 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from prunec.errors import Diagnostic, SourceMap, SpecError
+from prunec.errors import Diagnostic, SourceMap, Span, SpecError
 from prunec.plan.model import Plan
-from prunec.plan.model_info import read_layer_count
+from prunec.plan.model_info import layer_count, read_config
 from prunec.syntax.format import format_text
 from prunec.syntax.lower import lower
-from prunec.syntax.model_checks import missing_file_warnings, validate_against_model
+from prunec.syntax.model_checks import (
+    missing_file_warnings,
+    support_problems,
+    target_problems,
+    validate_against_model,
+)
 from prunec.syntax.parser import parse_tree
 
 __all__ = [
@@ -77,12 +82,37 @@ def parse(text: str, filename: str = "<string>", base_dir: Path | None = None) -
 
 
 def read_spec_text(path: Path) -> str:
-    """A spec file's text; an unreadable file is a SpecError (E100), never a traceback."""
+    """A spec file's text; an unreadable file is a SpecError (E100), never a traceback, and
+    bytes that are not UTF-8 are E106 at the line and column of the first bad byte."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        data = Path(path).read_bytes()
+    except OSError as err:
+        reason = err.strerror or str(err)
         raise SpecError([Diagnostic("E100", f"cannot read {path}: {reason}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(str(path), data, err) from None
+
+
+def _not_utf8(filename: str, data: bytes, err: UnicodeDecodeError) -> SpecError:
+    """E106 pointing at the first byte that is not UTF-8 (columns count characters)."""
+    line_start = data.rfind(b"\n", 0, err.start) + 1
+    line = data.count(b"\n", 0, err.start) + 1
+    line_end = data.find(b"\n", err.start)
+    raw_line = data[line_start : line_end if line_end >= 0 else len(data)]
+    col = len(data[line_start : err.start].decode("utf-8", errors="replace")) + 1
+    shown = raw_line.decode("utf-8", errors="replace")
+    sources = SourceMap()
+    sources.add(filename, "\n" * (line - 1) + shown)
+    byte = data[err.start]
+    diag = Diagnostic(
+        "E106",
+        f"the spec is not valid UTF-8: byte 0x{byte:02x} cannot start or continue a character",
+        Span.point(filename, line, col),
+        help="save the file as UTF-8 (specs are UTF-8 text)",
+    )
+    return SpecError([diag], sources)
 
 
 def load_spec(path: str | Path) -> Plan:
@@ -101,13 +131,24 @@ def check_file(path: str | Path) -> Analysis:
     exist yet (warnings never make the check fail).
     """
     spec_path = Path(path)
-    text = read_spec_text(spec_path)
+    try:
+        text = read_spec_text(spec_path)
+    except SpecError as err:  # unreadable, or not UTF-8
+        return Analysis(None, err.diagnostics, err.sources)
     result = analyze(text, str(path), spec_path.resolve().parent)
     if result.plan is None:
         return result
     plan = result.plan.model_copy(update={"spec_path": spec_path.resolve()})
     extra = missing_file_warnings(plan)
-    num_layers = read_layer_count(plan.model)
+    config = read_config(plan.model)
+    num_layers = layer_count(config)
     model_errors = validate_against_model(plan, num_layers) if num_layers else []
-    diagnostics = tuple(model_errors) + tuple(extra)
+    if config is not None:
+        model_errors += support_problems(plan, config)
+    model_errors += target_problems(plan)
+    diagnostics = tuple(sorted(model_errors, key=_position)) + tuple(extra)
     return Analysis(None if model_errors else plan, diagnostics, result.sources)
+
+
+def _position(diag: Diagnostic) -> tuple[int, int]:
+    return (diag.span.line, diag.span.col) if diag.span else (0, 0)

@@ -6,6 +6,7 @@ import itertools
 import math
 import os
 import re
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,20 +23,13 @@ from prunec.plan.model import (
     VerifyGate,
     VerifySpec,
 )
+from prunec.plan.registry import target_kinds
 from prunec.syntax.ast import Item, Setting, SpecFile, Tok
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 METRICS = ("accuracy", "nll")
 TOKEN_SCOPES = ("all", "last")
-TARGET_KINDS = ("hf", "onnx")
-#: option -> allowed values (None = a whole number, checked separately).
-ONNX_OPTIONS: dict[str, tuple[str, ...] | None] = {
-    "opset": None,
-    "quantize": ("none", "int8"),
-    "kv_cache": ("on", "off"),
-}
-OPSET_RANGE = (14, 23)
 #: Strategies that score layers on calibration data, so they need at least one domain.
 CALIBRATED_STRATEGIES = ("auto", "domain", "bi", "angular", "iterative")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
@@ -658,12 +652,14 @@ class _Lowerer:
     # ---------------------------------------------------------------- targets
 
     def targets(self, items: list[Item]) -> list[TargetSpec]:
+        kinds = target_kinds()
         out: list[TargetSpec] = []
         paths: dict[Path, Span] = {}
         for position, item in enumerate(items):
             kind_tok, path_tok = item.head[1], item.head[2]
             self.spans[f"targets.{position}"] = item.span
-            kind = self.choice("E220", kind_tok, "target kind", TARGET_KINDS)
+            self.spans[f"targets.{position}.path"] = path_tok.span
+            kind = self.choice("E220", kind_tok, "target kind", kinds.names())
             path = self.path(path_tok)
             if path in paths:
                 self.error(
@@ -673,47 +669,93 @@ class _Lowerer:
                     notes=(f"the first is at line {paths[path].line}",),
                 )
             paths.setdefault(path, path_tok.span)
-            options = self.target_options(item, kind, position)
+            backend = kinds.get(kind) if kind is not None else None
+            options = self.target_options(item, backend, position)
             if kind is not None and options is not None:
-                out.append(TargetSpec(kind=kind, path=path, **options))  # type: ignore[arg-type]
+                out.append(TargetSpec(kind=kind, path=path, options=options))
         return out
 
-    def target_options(self, item: Item, kind: str | None, position: int) -> dict[str, Any] | None:
-        options: dict[str, Any] = {}
+    def target_options(self, item: Item, backend: Any, position: int) -> dict[str, Any] | None:
+        """The option block validated against the kind's `Options` model (defaults filled)."""
+        values: dict[str, Any] = {}
         ok = True
+        fields = backend.Options.model_fields if backend is not None else {}
         for setting in self.unique_settings(item.body or (), "the target").values():
             name, value = setting.key, setting.args[0]
             self.spans[f"targets.{position}.{name.text}"] = setting.span
-            if kind == "hf":
-                self.error("E221", f"`hf` targets take no options (`{name.text}`)", name.span)
+            if backend is None:
+                continue  # the unknown kind is reported already
+            if name.text not in fields:
+                if not fields:
+                    message = f"`{backend.name}` targets take no options (`{name.text}`)"
+                    self.error("E221", message, name.span)
+                else:
+                    self.choice("E221", name, f"{backend.name} option", fields)
                 ok = False
                 continue
-            if name.text not in ONNX_OPTIONS:
-                self.choice("E221", name, "onnx option", ONNX_OPTIONS)
-                ok = False
-                continue
-            parsed = self.option_value(name.text, value)
+            parsed = self.option_value(name.text, fields[name.text], value)
             ok = ok and parsed is not None
-            options[name.text] = parsed
-        return options if ok else None
-
-    def option_value(self, name: str, tok: Tok) -> Any:
-        allowed = ONNX_OPTIONS[name]
-        if allowed is None:
-            low, high = OPSET_RANGE
-            if not _is_whole(tok.text) or not low <= int(tok.text) <= high:
-                self.error("E222", f"`opset` must be a whole number from {low} to {high}", tok.span)
-                return None
-            return int(tok.text)
-        if tok.text not in allowed:
-            self.error(
-                "E222",
-                f"invalid value `{tok.text}` for `{name}`",
-                tok.span,
-                expected=" or ".join(f"`{a}`" for a in allowed),
-            )
+            values[name.text] = parsed
+        if backend is None or not ok:
             return None
-        return tok.text == "on" if name == "kv_cache" else tok.text
+        options: dict[str, Any] = backend.Options.model_validate(values).model_dump()
+        return options
+
+    def option_value(self, name: str, field: Any, tok: Tok) -> Any:
+        """A target option's token as the Python value its field declares, or None (reported).
+
+        Booleans are written `on`/`off`, choices as bare words, numbers as numbers (bounds
+        from the field's `ge`/`le`), text as a bare word or a string.
+        """
+        annotation = field.annotation
+        text = self.string(tok) if tok.kind == "STRING" else tok.text
+        if annotation is bool:
+            if text in ("on", "off"):
+                return text == "on"
+            return self.bad_option(name, tok, "`on` or `off`")
+        if typing.get_origin(annotation) is typing.Literal:
+            choices = [str(c) for c in typing.get_args(annotation)]
+            if text in choices:
+                return text
+            return self.bad_option(name, tok, " or ".join(f"`{c}`" for c in choices))
+        if annotation in (int, float):
+            low, high = _bounds(field)
+            whole = annotation is int
+            valid = _is_whole(text) if whole else _is_number(text)
+            value = (int(text) if whole else float(text)) if valid else None
+            if (
+                value is None
+                or (low is not None and value < low)
+                or (high is not None and value > high)
+            ):
+                kind = "a whole number" if whole else "a number"
+                if low is not None and high is not None:
+                    kind += f" from {low} to {high}"
+                elif low is not None:
+                    kind += f" of at least {low}"
+                self.error("E222", f"`{name}` must be {kind}", tok.span)
+                return None
+            return value
+        return text
+
+    def bad_option(self, name: str, tok: Tok, expected: str) -> None:
+        self.error("E222", f"invalid value `{tok.text}` for `{name}`", tok.span, expected=expected)
+
+
+def _bounds(field: Any) -> tuple[float | None, float | None]:
+    """The `ge` / `le` bounds of a pydantic field (None when unbounded)."""
+    low = high = None
+    for meta in field.metadata:
+        low = getattr(meta, "ge", low)
+        high = getattr(meta, "le", high)
+    return low, high
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _join(first: Span, last: Span) -> Span:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prunec.errors import Diagnostic, Span, SpecError
 from prunec.plan.model import Plan
@@ -71,4 +72,112 @@ def missing_file_warnings(plan: Plan) -> list[Diagnostic]:
     for position, gate in enumerate(plan.verify.gates):
         if gate.data is not None and not is_file(gate.data):
             warn("W301", "eval file", gate.data, plan.span(f"verify.{position}.data"))
+    return out
+
+
+def target_problems(plan: Plan, force: bool = False) -> list[Diagnostic]:
+    """Targets whose publishing would destroy something prunec did not write.
+
+    A target may replace only an absent path, an empty directory or a directory an earlier
+    prunec build published (`prunec.backends.atomic.replaceable`); `force` allows replacing a
+    foreign directory, never a file. Independent of that: a target must not be (or contain)
+    the model's folder, the spec file, a data or eval file, or another target. Each problem
+    points at the target's path in the spec.
+    """
+    from prunec.backends.atomic import replaceable
+
+    out: list[Diagnostic] = []
+    protected = _protected_paths(plan)
+    resolved = [Path(os.path.realpath(t.path)) for t in plan.targets]
+    for position, (target, real) in enumerate(zip(plan.targets, resolved, strict=True)):
+        span = plan.span(f"targets.{position}.path") or plan.span(f"targets.{position}")
+        shown = _shown(plan, target.path)
+        for what, path in protected:
+            if path == real or real in path.parents:
+                relation = "is" if path == real else "contains"
+                out.append(
+                    Diagnostic(
+                        "E312",
+                        f"target `{shown}` {relation} the {what} `{_shown(plan, path)}`",
+                        span,
+                        help="write the target somewhere else; publishing replaces the whole "
+                        "directory",
+                    )
+                )
+                break
+        else:
+            for other, other_real in enumerate(resolved):
+                if other != position and other_real in real.parents:
+                    line = span_line(plan, f"targets.{other}")
+                    out.append(
+                        Diagnostic(
+                            "E231",
+                            f"target `{shown}` lies inside another target "
+                            f"`{_shown(plan, plan.targets[other].path)}`",
+                            span,
+                            notes=(f"that target is at line {line}",) if line else (),
+                        )
+                    )
+                    break
+            else:
+                reason = replaceable(target.path)
+                if reason is not None and not (force and target.path.is_dir()):
+                    foreign = target.path.is_dir() and not target.path.is_symlink()
+                    out.append(
+                        Diagnostic(
+                            "E313",
+                            f"target `{shown}` {reason}; prunec replaces only what it published",
+                            span,
+                            help=(
+                                "choose a new path, empty or remove that directory yourself, "
+                                "or build with `--force` to replace it"
+                                if foreign
+                                else "choose another path"
+                            ),
+                        )
+                    )
+    return out
+
+
+def span_line(plan: Plan, key: str) -> int | None:
+    span = plan.span(key)
+    return span.line if span is not None else None
+
+
+def _shown(plan: Plan, path: Path) -> str:
+    return os.path.relpath(path, plan.spec_path.parent) if plan.spec_path else str(path)
+
+
+def _protected_paths(plan: Plan) -> list[tuple[str, Path]]:
+    """What no target may be or contain: (what it is, resolved path)."""
+    paths: list[tuple[str, Path]] = []
+    if plan.model.local:
+        paths.append(("model folder", Path(os.path.realpath(plan.model.source))))
+    if plan.spec_path is not None:
+        paths.append(("spec file", Path(os.path.realpath(plan.spec_path))))
+    for domain in plan.domains:
+        paths.append(("data file", Path(os.path.realpath(domain.data))))
+        if domain.eval is not None:
+            paths.append(("eval file", Path(os.path.realpath(domain.eval))))
+    for gate in plan.verify.gates:
+        if gate.data is not None:
+            paths.append(("eval file", Path(os.path.realpath(gate.data))))
+    return paths
+
+
+def support_problems(plan: Plan, config: dict[str, Any]) -> list[Diagnostic]:
+    """Targets whose kind cannot handle the model described by `config` (its config.json)."""
+    from prunec.plan.registry import target_kinds
+
+    out = []
+    for position, target in enumerate(plan.targets):
+        reason = target_kinds()[target.kind].unsupported(config)
+        if reason is not None:
+            out.append(
+                Diagnostic(
+                    "E309",
+                    f"target {target.kind}: {reason}",
+                    plan.span(f"targets.{position}"),
+                )
+            )
     return out

@@ -50,8 +50,19 @@ _HOME_BLOCK: dict[str, str] = {
         ],
         "prune",
     ),
-    **dict.fromkeys(("opset", "quantize", "kv_cache"), "target"),
 }
+
+
+def _home_block(setting: str) -> str | None:
+    """The block a setting belongs in; target options come from the registered kinds."""
+    if setting in _HOME_BLOCK:
+        return _HOME_BLOCK[setting]
+    from prunec.plan.registry import target_kinds
+
+    for backend in target_kinds().all().values():
+        if setting in backend.Options.model_fields:
+            return "target"
+    return None
 
 
 def first_syntax_error(text: str, filename: str) -> Diagnostic:
@@ -272,7 +283,7 @@ def _token_help(token: Token, accepts: set[str]) -> str | None:
         guess = did_you_mean(text, keywords)
         if guess:
             return f"did you mean `{guess}`?"
-        home = _HOME_BLOCK.get(text)
+        home = _home_block(text)
         context = _context(accepts)
         if home and context and context != f"`{home}`":
             return f"`{text}` belongs in a `{home}` block"

@@ -22,15 +22,66 @@ Only `check_onnx_supported` is imported eagerly; the exporter (torch) loads on f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-from prunec.backends.onnx.arch import ARCHITECTURES, check_onnx_supported
+from pydantic import Field
+
+from prunec.backends.base import Backend, EmitJob, TargetOptions
+from prunec.backends.onnx.arch import ARCHITECTURES, check_onnx_supported, unsupported_reason
 
 if TYPE_CHECKING:
     from prunec.backends.onnx.emit import emit_onnx
     from prunec.backends.onnx.report import OnnxReport
 
-__all__ = ["ARCHITECTURES", "OnnxReport", "check_onnx_supported", "emit_onnx"]
+__all__ = [
+    "ARCHITECTURES",
+    "BACKEND",
+    "OnnxOptions",
+    "OnnxReport",
+    "check_onnx_supported",
+    "emit_onnx",
+]
+
+
+class OnnxOptions(TargetOptions):
+    """`target onnx "DIR" { opset 18  quantize int8  kv_cache on }`.
+
+    opset: ONNX opset of every graph. quantize: `int8` adds dynamic int8 weights to the
+    decoder (onnxruntime quantization; vision and embedding graphs stay float). kv_cache: the
+    decoder takes and returns past key/values (one merged graph for prefill and decode).
+    """
+
+    opset: int = Field(18, ge=14, le=23)
+    quantize: Literal["none", "int8"] = "none"
+    kv_cache: bool = True
+
+
+class OnnxBackend(Backend):
+    """`target onnx "DIR"`: graphs for onnxruntime, run by `prunec run` (numpy only)."""
+
+    name = "onnx"
+    summary = "onnxruntime graphs (embeddings, vision encoder, decoder with KV cache)"
+    Options = OnnxOptions
+    needs_samples = True
+
+    def unsupported(self, config: Mapping[str, Any]) -> str | None:
+        return unsupported_reason(str(config.get("model_type", "")))
+
+    def emit(self, job: EmitJob) -> OnnxReport:
+        from prunec.backends.onnx.emit import emit_onnx
+
+        assert job.loaded is not None  # onnx does not stream
+        return emit_onnx(
+            job.loaded.model,
+            job.loaded.processor,
+            job.staged,
+            target=self.options(job.target),
+            sample_inputs=[dict(s) for s in job.samples],
+        )
+
+
+BACKEND: Any = OnnxBackend()
 
 
 def __getattr__(name: str) -> Any:

@@ -57,18 +57,23 @@ ARCHITECTURES: dict[str, OnnxArch] = {
 NOT_YET: dict[str, str] = {}
 
 
+def unsupported_reason(model_type: str) -> str | None:
+    """Why the ONNX backend cannot export `model_type` (None when it can)."""
+    if model_type in ARCHITECTURES:
+        return None
+    supported = ", ".join(sorted(ARCHITECTURES))
+    reason = NOT_YET.get(model_type, "no ONNX layout is defined for it")
+    return f"model type `{model_type}` is not supported ({reason}); supported: {supported}"
+
+
 def check_onnx_supported(model_type: str) -> None:
     """Raise BuildError naming `model_type` when the ONNX backend cannot export it.
 
     Called before any work is done, so an unsupported architecture fails fast.
     """
-    if model_type in ARCHITECTURES:
-        return
-    supported = ", ".join(sorted(ARCHITECTURES))
-    reason = NOT_YET.get(model_type, "no ONNX layout is defined for it")
-    raise BuildError(
-        f"target onnx does not support model type `{model_type}` ({reason}); supported: {supported}"
-    )
+    reason = unsupported_reason(model_type)
+    if reason is not None:
+        raise BuildError(f"target onnx: {reason}")
 
 
 def arch_for(model_type: str) -> OnnxArch:

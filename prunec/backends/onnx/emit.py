@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunec.backends.onnx import OnnxOptions
 from prunec.backends.onnx import export as ex
 from prunec.backends.onnx.arch import OnnxArch, arch_for
 from prunec.backends.onnx.parity import (
@@ -26,7 +27,6 @@ from prunec.backends.onnx.parity import (
 )
 from prunec.backends.onnx.report import OnnxReport
 from prunec.errors import BuildError
-from prunec.plan.model import TargetSpec
 from prunec.runtime.generate import OnnxGenerator
 from prunec.runtime.manifest import GraphSpec, Manifest, TensorSpec
 
@@ -142,7 +142,7 @@ def _float32(model: nn.Module) -> nn.Module:
 
 
 def _export_all(
-    model: nn.Module, arch: OnnxArch, out_dir: Path, target: TargetSpec, samples: list[Sample]
+    model: nn.Module, arch: OnnxArch, out_dir: Path, target: OnnxOptions, samples: list[Sample]
 ) -> dict[str, Path]:
     layout = ex.kv_layout(model)
     paths = {"embed_tokens": out_dir / ex.EMBED_FILE}
@@ -178,7 +178,7 @@ def _write_manifest(
     processor: Any | None,
     arch: OnnxArch,
     out_dir: Path,
-    target: TargetSpec,
+    target: OnnxOptions,
     paths: dict[str, Path],
     samples: list[Sample],
 ) -> Manifest:
@@ -320,7 +320,7 @@ def emit_onnx(
     processor: Any | None,
     out_dir: Path,
     *,
-    target: TargetSpec,
+    target: OnnxOptions,
     sample_inputs: Sequence[dict[str, Any]] = (),
 ) -> OnnxReport:
     """Write the ONNX artifact for `model` into `out_dir` and verify it against PyTorch.

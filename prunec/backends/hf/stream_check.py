@@ -2,11 +2,11 @@
 
 The child loads the ORIGINAL model, runs it with the removed layers skipped
 (`prunec.arch.skip_layers`, the same changes as `remove_layers`) to get reference logits, and
-hands them to the usual fresh-process check (`prunec.backends.hf.run_self_checks`), which
+hands them to the usual fresh-process check (`prunec.backends.hf.emit.run_self_checks`), which
 reloads the streamed checkpoint with plain transformers and compares. Each process holds one
 copy of the model at most; the build process holds none.
 
-    python -m prunec.backends.hf_stream_check MODEL_SPEC_JSON OUT_DIR REMOVED_JSON RESULT_JSON
+    python -m prunec.backends.hf.stream_check MODEL_SPEC_JSON OUT_DIR REMOVED_JSON RESULT_JSON
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def self_check_streamed(
 def _main(argv: Sequence[str]) -> None:
     from prunec.arch import skip_layers
     from prunec.arch.loading import load_model
-    from prunec.backends.hf import default_inputs, prepare_self_check, run_self_checks
+    from prunec.backends.hf.emit import default_inputs, prepare_self_check, run_self_checks
 
     spec_json, out_dir, removed_json, result_path = argv
     loaded = load_model(ModelSpec.model_validate_json(spec_json))

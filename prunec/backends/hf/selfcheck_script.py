@@ -1,6 +1,6 @@
 """Fresh-process check of an emitted HF checkpoint, using plain transformers only.
 
-Run as a script (`python -I hf_selfcheck_script.py JOBS`); it must never import prunec, so
+Run as a script (`python -I selfcheck_script.py JOBS`); it must never import prunec, so
 the checkpoint is proven loadable by anyone. JOBS is a JSON list of [CHECKPOINT, PAYLOAD,
 RESULT] triples, checked in one process (transformers is imported once). PAYLOAD is a torch
 file with `cases` (a list of {"inputs": dict, "logits": tensor}), `class_name`, `is_vlm`,

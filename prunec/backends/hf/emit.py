@@ -3,7 +3,6 @@ and a fresh-process self-check with plain transformers."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunec.backends.atomic import prunec_version as _prunec_version
+from prunec.backends.atomic import write_manifest
 from prunec.errors import BuildError
 
 if TYPE_CHECKING:
     from prunec.arch.loading import LoadedModel
 
-MANIFEST = "prunec-manifest.json"
-SELF_CHECK_SCRIPT = Path(__file__).with_name("hf_selfcheck_script.py")
+SELF_CHECK_SCRIPT = Path(__file__).with_name("selfcheck_script.py")
 #: Largest safetensors shard written; bigger models are sharded with an index file.
 MAX_SHARD_SIZE = "2GB"
 #: Processor / tokenizer files copied verbatim from the source checkpoint.
@@ -51,6 +51,7 @@ class HFReport:
     generate_ok: `generate` with KV cache ran after reload and produced tokens.
     seconds: wall time of the whole emission, self-check included.
     checked_inputs: how many input cases the self-check compared (0 = check skipped).
+    streamed: True when the weights were copied from the source shards (no model in memory).
     """
 
     files: tuple[str, ...]
@@ -59,6 +60,15 @@ class HFReport:
     generate_ok: bool
     seconds: float
     checked_inputs: int = 0
+    streamed: bool = False
+
+    def summary(self) -> str:
+        """One line for the build log."""
+        how = "streamed, " if self.streamed else ""
+        return (
+            f"{how}reload max |Δlogit| {self.max_abs_logit_diff:.2e}, "
+            f"generate {'ok' if self.generate_ok else 'FAILED'}, {self.seconds:.1f}s"
+        )
 
 
 def emit_hf(
@@ -211,15 +221,6 @@ def _copy_processor(loaded: LoadedModel, out_dir: Path) -> None:
         loaded.processor.save_pretrained(out_dir)
 
 
-def _prunec_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("prunec")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def model_card(
     source: str,
     spec_text: str,
@@ -257,26 +258,6 @@ def model_card(
     if spec_text:
         lines += ["", "## Spec", "", "```", spec_text.rstrip(), "```"]
     return "\n".join(lines) + "\n"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_manifest(out_dir: Path, meta: Mapping[str, Any]) -> tuple[str, ...]:
-    """Write `prunec-manifest.json` (sha256 and size of every other file, plus `meta`)."""
-    files = {
-        str(p.relative_to(out_dir)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {"prunec_version": _prunec_version(), **meta, "files": files}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return (*files, MANIFEST)
 
 
 def _write_manifest(

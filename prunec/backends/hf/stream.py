@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from prunec.arch.checkpoint import (
+    INDEX,
+    read_config_json,
+    read_header,
+    shard_names,
+    verify_shard,
+)
 from prunec.arch.surgery import validate_remove
 from prunec.arch.table import ArchEntry, arch_entry, deepstack_positions, layer_field_updates
 from prunec.errors import BuildError
 
-INDEX = "model.safetensors.index.json"
 COPY_CHUNK = 16 << 20  # bytes per read while copying tensor data
 
 
@@ -45,20 +51,12 @@ class StreamReport:
     seconds: float
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and the byte offset where its data starts."""
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    return header, 8 + length
-
-
 def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, size: int) -> None:
     src.seek(start)
     while size > 0:
         block = src.read(min(COPY_CHUNK, size))
         if not block:
-            raise BuildError("truncated safetensors file while copying tensor data")
+            raise BuildError(f"{src.name}: truncated safetensors file while copying tensor data")
         dst.write(block)
         size -= len(block)
 
@@ -90,19 +88,6 @@ def rewrite_shard(src: Path, dst: Path, rename: Mapping[str, str]) -> tuple[int,
             begin, end = header[name]["data_offsets"]
             _copy_range(fin, fout, data_start + begin, end - begin)
     return len(kept), offset
-
-
-def _shards(source_dir: Path) -> list[str]:
-    index = source_dir / INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted(set(weight_map.values()))
-    if (source_dir / "model.safetensors").is_file():
-        return ["model.safetensors"]
-    raise BuildError(
-        f"streaming emission needs safetensors weights; none found in {source_dir} "
-        "(expected model.safetensors or model.safetensors.index.json)"
-    )
 
 
 _NON_TEXT = re.compile(r"vision|visual|image|audio|encoder|merger|projector|patch")
@@ -155,15 +140,15 @@ def stream_prune_checkpoint(
     card and manifest. One output shard per input shard. `out_dir` is normally a staging
     directory (prunec.backends.atomic). Raises BuildError on unusable input.
     """
-    from prunec.backends.hf import PROCESSOR_GLOBS, model_card, write_manifest
+    from prunec.backends.atomic import write_manifest
+    from prunec.backends.hf.emit import PROCESSOR_GLOBS, model_card
 
     started = time.perf_counter()
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    config_path = source_dir / "config.json"
-    if not config_path.is_file():
-        raise BuildError(f"no config.json in {source_dir}")
-    config = json.loads(config_path.read_text())
-    shards = _shards(source_dir)
+    config = read_config_json(source_dir)
+    shards = shard_names(source_dir)
+    for shard in shards:
+        verify_shard(source_dir / shard)
     model_type = str(config.get("model_type", ""))
     entry = arch_entry(model_type) or _infer_entry(
         config, [n for s in shards for n in read_header(source_dir / s)[0]]
