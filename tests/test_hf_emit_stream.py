@@ -57,5 +57,5 @@ def test_streaming_rejects_bad_input(tiny_model, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(BuildError, match="needs safetensors"):
+    with pytest.raises(BuildError, match="no safetensors weights"):
         stream_prune_checkpoint(empty, tmp_path / "b", [1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -79,15 +78,14 @@ def test_spacing_weight_spreads_removals():
     assert spread is not None and spacing_penalty(spread) < spacing_penalty(packed)
 
 
-def test_planner_128_layers_under_100ms():
+def test_planner_solves_128_layers_at_every_budget():
+    # Its speed target (< 100 ms) is measured by benchmarks/bench_planner.py, not here: a
+    # timed assertion fails on a busy machine without anything being wrong.
     importance = [((i * 37) % 101) / 101 for i in range(128)]
-    worst = 0.0
     for budget in (1, 16, 32, 64, 96, 120):
-        start = time.perf_counter()
         removed = solve_exact(importance, budget, forbidden={0, 127}, max_run=None, lam=1.0)
-        worst = max(worst, time.perf_counter() - start)
         assert removed is not None and len(removed) == budget
-    assert worst < 0.1
+        assert not {0, 127} & set(removed)
 
 
 def scores_for(importances: dict[str, list[float]]) -> LayerScores:

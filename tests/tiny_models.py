@@ -542,8 +542,26 @@ def _make_processor(spec: TinySpec, tokenizer: Any) -> list[Any]:
     return [processor]
 
 
-def build_tiny(model_type: str, out_dir: Path, *, num_layers: int = 6, seed: int = 0) -> Path:
-    """Build a tiny random `model_type` model and save it with its processor to `out_dir`."""
+#: The files a tokenizer saves (what `build_tiny(..., tokenizer=False)` leaves out).
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
+
+
+def build_tiny(
+    model_type: str, out_dir: Path, *, num_layers: int = 6, seed: int = 0, tokenizer: bool = True
+) -> Path:
+    """Build a tiny random `model_type` model and save it with its processor to `out_dir`.
+
+    tokenizer=False leaves out the tokenizer files, chat template included (image processor
+    and processor configs stay), like a checkpoint saved without its tokenizer.
+    """
     import torch
     import transformers
 
@@ -554,9 +572,11 @@ def build_tiny(model_type: str, out_dir: Path, *, num_layers: int = 6, seed: int
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    tokenizer = _make_tokenizer(spec)
-    for part in _make_processor(spec, tokenizer):
+    for part in _make_processor(spec, _make_tokenizer(spec)):
         part.save_pretrained(out_dir)
+    if not tokenizer:
+        for path in [p for pattern in TOKENIZER_FILES for p in out_dir.glob(pattern)]:
+            path.unlink()
     (out_dir / "tiny_model.json").write_text(json.dumps({"model_type": model_type}))
     return out_dir
 

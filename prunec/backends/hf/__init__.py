@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prunec.backends.atomic import MANIFEST, write_manifest
 from prunec.backends.base import Backend, EmitJob
 from prunec.backends.hf.emit import (
+    MIN_PROMPT_TOKENS,
     PROCESSOR_GLOBS,
     HFReport,
     default_inputs,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKEND",
     "MANIFEST",
+    "MIN_PROMPT_TOKENS",
     "PROCESSOR_GLOBS",
     "HFBackend",
     "HFReport",

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,27 +143,69 @@ def _is_vlm(model: Any) -> bool:
     return hasattr(model.config, "vision_config")
 
 
+#: Fewest tokens a self-check prompt may have; a shorter encoding means the tokenizer is
+#: unusable (transformers 5.24 builds an EMPTY tokenizer for a folder without tokenizer
+#: files, and a 0-token forward fails inside the model), so synthetic ids are used instead.
+MIN_PROMPT_TOKENS = 4
+#: Length of the synthetic prompt used when there is no usable tokenizer.
+SYNTHETIC_PROMPT_TOKENS = 12
+
+
 def default_inputs(loaded: LoadedModel) -> list[dict[str, Any]]:
     """Self-check inputs: a short text prompt, plus an image prompt for VLMs when the
-    processor can build one."""
+    processor can build one.
+
+    The text prompt is the tokenizer's encoding of a fixed sentence when that has at least
+    `MIN_PROMPT_TOKENS` tokens, else synthetic ids (no image prompt then: without a tokenizer
+    there are no image placeholder tokens to build one).
+    """
     import torch
 
     model: Any = loaded.model
     processor = loaded.processor
-    tokenizer = getattr(processor, "tokenizer", processor)
     text = "Describe the picture in one word ."
-    if tokenizer is not None and callable(tokenizer):
-        cases = [dict(tokenizer(text, return_tensors="pt"))]
-    else:
-        vocab = int(model.config.get_text_config(decoder=True).vocab_size)
-        ids = torch.arange(1, 13).remainder(vocab - 1).add(1).unsqueeze(0)
-        cases = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+    encoded = _encode_prompt(getattr(processor, "tokenizer", processor), text)
+    cases = [encoded if encoded is not None else _synthetic_prompt(model.config)]
     if model.config.model_type == "paligemma":  # PaliGemma's forward needs token_type_ids
         cases[0]["token_type_ids"] = torch.zeros_like(cases[0]["input_ids"])
-    image_case = _image_inputs(processor, text) if _is_vlm(model) else None
+    image_case = _image_inputs(processor, text) if encoded is not None and _is_vlm(model) else None
     if image_case is not None:
         cases.append(image_case)
     return [{k: v for k, v in c.items() if k != "labels"} for c in cases]
+
+
+def _encode_prompt(tokenizer: Any, text: str) -> dict[str, Any] | None:
+    """`tokenizer(text)` as tensors, or None when there is no tokenizer, it fails, or it
+    yields fewer than `MIN_PROMPT_TOKENS` tokens."""
+    if tokenizer is None or not callable(tokenizer):
+        return None
+    try:
+        encoded = dict(tokenizer(text, return_tensors="pt"))
+    except Exception:  # a tokenizer that cannot encode plain text is as good as none here
+        return None
+    ids = encoded.get("input_ids")
+    if ids is None or ids.ndim != 2 or ids.shape[-1] < MIN_PROMPT_TOKENS:
+        return None
+    return encoded
+
+
+def _synthetic_prompt(config: Any) -> dict[str, Any]:
+    """`SYNTHETIC_PROMPT_TOKENS` ids from the middle of the vocabulary, skipping every id the
+    config names (`*_token_id`, `*_token_index`: pad, bos, eos, image and video tokens), so no
+    image placeholder appears without pixels. Special tokens sit at either end of real
+    vocabularies, ordinary words in the middle."""
+    import torch
+
+    special: set[int] = set()
+    for cfg in (config, config.get_text_config(decoder=True)):
+        for key, value in cfg.to_dict().items():
+            if key.endswith(("_token_id", "_token_ids", "_token_index")):
+                values = value if isinstance(value, list) else [value]
+                special.update(v for v in values if isinstance(v, int))
+    vocab = int(config.get_text_config(decoder=True).vocab_size)
+    ordinary = (i for i in chain(range(vocab // 2, vocab), range(vocab // 2)) if i not in special)
+    ids = torch.tensor([list(islice(ordinary, SYNTHETIC_PROMPT_TOKENS))])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _image_inputs(processor: Any, text: str) -> dict[str, Any] | None:

@@ -16,9 +16,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunec.errors import BuildError
 from prunec.plan.model import ModelSpec
+
+if TYPE_CHECKING:
+    from prunec.backends.hf.emit import SelfCheckJob
 
 
 def self_check_streamed(
@@ -51,21 +55,31 @@ def self_check_streamed(
     return float(result["diff"]), bool(result["generate_ok"]), int(result["inputs"])
 
 
-def _main(argv: Sequence[str]) -> None:
+def streamed_check_job(model: ModelSpec, out_dir: Path, removed: Sequence[int]) -> SelfCheckJob:
+    """The fresh-process check of the streamed checkpoint `out_dir`: the ORIGINAL `model` run
+    with `removed` skipped, on `default_inputs` (synthetic ids when the model folder has no
+    usable tokenizer). The original is released when this returns."""
     from prunec.arch import skip_layers
     from prunec.arch.loading import load_model
-    from prunec.backends.hf.emit import default_inputs, prepare_self_check, run_self_checks
+    from prunec.backends.hf.emit import default_inputs, prepare_self_check
 
-    spec_json, out_dir, removed_json, result_path = argv
-    loaded = load_model(ModelSpec.model_validate_json(spec_json))
-    removed = [int(i) for i in json.loads(removed_json)]
+    loaded = load_model(model)
     cases = default_inputs(loaded)
     with skip_layers(loaded.model, removed):
-        job = prepare_self_check(loaded, Path(out_dir), cases)
-    del loaded  # the fresh checking process loads the pruned copy; free the original first
+        return prepare_self_check(loaded, Path(out_dir), cases)
+
+
+def _main(argv: Sequence[str]) -> None:
+    from prunec.backends.hf.emit import run_self_checks
+
+    spec_json, out_dir, removed_json, result_path = argv
+    removed = [int(i) for i in json.loads(removed_json)]
+    job = streamed_check_job(ModelSpec.model_validate_json(spec_json), Path(out_dir), removed)
+    # The original model is freed by now: the fresh checking process loads the pruned copy.
     [(diff, generate_ok)] = run_self_checks([job])
+    inputs = len(job.payload["cases"])
     Path(result_path).write_text(
-        json.dumps({"diff": diff, "generate_ok": generate_ok, "inputs": len(cases)})
+        json.dumps({"diff": diff, "generate_ok": generate_ok, "inputs": inputs})
     )
 
 
