@@ -127,6 +127,8 @@ def lock_data(
             "spacing_weight": selection.spacing_weight,
             "num_layers": selection.num_layers,
         },
+        # Recorded, not compared: how `auto` chose (every measured candidate, the winner).
+        "search": selection.search.to_json() if selection.search is not None else None,
         "versions": {
             "prunec": __version__,
             "torch": _version("torch"),

@@ -193,7 +193,7 @@ def emit_target(
     """Write one target into its staging directory and self-check it."""
     if target.kind == "hf":
         from prunec.backends.hf import emit_hf
-        from prunec.report import domain_importance
+        from prunec.report import domain_importance, how_chosen_markdown
 
         return emit_hf(
             loaded,
@@ -202,6 +202,7 @@ def emit_target(
             spec_text=plan.spec_text,
             source=plan.model.source,
             scores=domain_importance(scores, [d.name for d in plan.domains]) or None,
+            how_chosen=how_chosen_markdown(selection),
         )
     from prunec.backends.onnx import emit_onnx
 
@@ -306,6 +307,7 @@ def _build_streaming(
     from prunec.backends.hf_stream import stream_prune_checkpoint
     from prunec.backends.hf_stream_check import self_check_streamed
     from prunec.planning import solve
+    from prunec.report import how_chosen_markdown
 
     check_model_fit(plan, num_layers)
     selection = solve(plan, {}, num_layers)
@@ -318,7 +320,11 @@ def _build_streaming(
     def write(target: TargetSpec, staged: Path) -> HFReport:
         tick = time.perf_counter()
         written = stream_prune_checkpoint(
-            Path(plan.model.source), staged, selection.removed, spec_text=plan.spec_text
+            Path(plan.model.source),
+            staged,
+            selection.removed,
+            spec_text=plan.spec_text,
+            how_chosen=how_chosen_markdown(selection),
         )
         diff, generate_ok, inputs = self_check_streamed(plan.model, staged, selection.removed)
         seconds = time.perf_counter() - tick
@@ -389,6 +395,7 @@ def build(
     check_targets_supported(plan, loaded_model_type(loaded))
 
     from prunec.planning import solve
+    from prunec.planning.strategies import MEASURED_STRATEGIES
 
     scores = None
     if plan.prune.remove is None:
@@ -397,8 +404,23 @@ def build(
         tick = time.perf_counter()
         scores = score(plan, loaded, cache_dir=cache_dir)
         timings["score"] = time.perf_counter() - tick
-    selection = solve(plan, scores if scores is not None else {}, loaded.num_layers)
+    context = None
+    if plan.prune.remove is None and plan.prune.strategy in MEASURED_STRATEGIES:
+        from prunec.planning.search import SearchContext
+
+        context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=reporter is not None)
+    tick = time.perf_counter()
+    selection = solve(
+        plan, scores if scores is not None else {}, loaded.num_layers, context=context
+    )
+    if context is not None:
+        context.close()  # the search's cached hidden states are not needed any more
+        timings["search"] = time.perf_counter() - tick
     _say(reporter, f"selected layers to remove: {list(selection.removed)} ({selection.regime})")
+    if selection.search is not None:
+        from prunec.report import search_line
+
+        _say(reporter, search_line(selection.search))
 
     from prunec import lock as lockfile
 
