@@ -172,8 +172,9 @@ def _tolerance(reference: torch.Tensor, dtype: torch.dtype) -> float:
 class MeasuredObjective:
     """The measured objective of removal sets for one model and its calibration data.
 
-    Build it with `MeasuredObjective.from_plan(plan, loaded)` (or `prepare(...)` for data not
-    written as a spec); that runs the unpruned model once over every calibration record. Then
+    Build it with `MeasuredObjective.from_plan(plan, loaded)` (or the constructor, for records
+    and weights not written as a spec); that runs the unpruned model once over every
+    calibration record. Then
     `evaluate(removed, part=...)` measures any set, `unpruned(part)` is the original model's
     value. The model is not modified outside an `evaluate` call.
     """
@@ -323,14 +324,15 @@ class MeasuredObjective:
         return True, ""
 
     def _boundaries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Which boundaries keep the unpruned state (always 0) and the best candidate's."""
+        """Which boundaries keep the unpruned state (always 0) and the best candidate's, within
+        `state_memory` (a state's size estimated as batch x input length x hidden x dtype)."""
         if not self.fast:
             return (), ()
         elem = next(self.model.parameters()).element_size()
         width = int(self.stack.text_config.hidden_size)
         every = [b for part in self._batches.values() for b in part]
         per_boundary = sum(int(b.inputs["input_ids"].numel()) * width * elem for b in every)
-        search = [b for b in self._batches["search"]]
+        search = self._batches["search"]
         per_trail = sum(int(b.inputs["input_ids"].numel()) * width * elem for b in search)
         share = self.state_memory // 3  # unpruned, best candidate's, the one being measured
         n = self.num_layers
@@ -467,6 +469,11 @@ class MeasuredObjective:
 
     def has_part(self, part: Part) -> bool:
         return bool(self._batches[part])
+
+    def batch_count(self, part: Part | None = None) -> int:
+        """Calibration batches in `part` (None: both parts, i.e. one full pass)."""
+        parts: tuple[Part, ...] = (part,) if part is not None else ("search", "held_out")
+        return sum(len(self._batches[p]) for p in parts)
 
     @property
     def cached_boundaries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
