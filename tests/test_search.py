@@ -559,3 +559,41 @@ def test_search_setting() -> None:
         parse(text.format(extra="search 8 strategy bi"))
     assert [d.code for d in err.value.diagnostics] == ["E231"]
     assert Constraints.from_plan(parse(text.format(extra="search 8")), 8).search == 8
+
+
+def test_a_transform_is_applied_while_measuring_and_restored_after(
+    tiny_model: Any, image_file: Path
+) -> None:
+    from contextlib import contextmanager
+
+    from prunec.planning import Transform
+
+    loaded = load_model(ModelSpec(source=str(tiny_model("llava", num_layers=6)), local=True))
+    records = {"math": _records(9, image_file, "five")}
+    objective = MeasuredObjective(loaded.model, loaded.processor, records, {"math": 1.0})
+    layers = locate_decoder(loaded.model).layers
+
+    @contextmanager
+    def halve_mlp_before(model: Any, removed: tuple[int, ...]) -> Any:
+        # A stand-in for a healing correction: change the kept layer before the first run.
+        weight = layers[min(removed) - 1].mlp.down_proj.weight
+        original = weight.detach().clone()
+        with torch.no_grad():
+            weight.mul_(0.5)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                weight.copy_(original)
+
+    halve = Transform("halve", halve_mlp_before, lambda removed: min(removed) - 1)
+    search, _ = split_records(records["math"])
+    for removed in [(3, 4), (2, 5)]:
+        plain = objective.evaluate(removed)
+        changed = objective.evaluate(removed, transform=halve)
+        with halve_mlp_before(loaded.model, removed):
+            expected = answer_nll(loaded.model, loaded.processor, search, removed)
+        assert changed.transform == "halve" and changed.value != pytest.approx(plain.value)
+        assert changed.value == pytest.approx(expected, rel=1e-4)
+        # Restored: the plain value again, from states the transform never touched.
+        assert objective.evaluate(removed).value == pytest.approx(plain.value, rel=1e-6)
