@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_check.py
 	$(PY) benchmarks/bench_planner.py
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_onnx.py
 
 # Writes two random checkpoints of ~2 GB under a temporary directory.

@@ -21,16 +21,16 @@ def main(num_layers: int = 128) -> None:
         "math": [rng.random() for _ in range(num_layers)],
         "general": [rng.random() for _ in range(num_layers)],
     }
-    solve(Constraints(num_layers, 8, strategy="auto"), scores)  # warm-up (numpy)
+    solve(Constraints(num_layers, 8, strategy="domain"), scores)  # warm-up (numpy)
     cases = {
-        "auto (spacing by regime)": {},
-        "domain, spacing_weight 1": {"strategy": "domain", "spacing_weight": 1.0},
-        "auto, max_run 3, keep 1/1": {"max_run": 3, "keep_first": 1, "keep_last": 1},
-        "auto, min_gap 1": {"min_gap": 1},
+        "domain": {},
+        "domain, spacing_weight 2": {"spacing_weight": 2.0},
+        "domain, max_run 3, keep 1/1": {"max_run": 3, "keep_first": 1, "keep_last": 1},
+        "domain, min_gap 1": {"min_gap": 1},
     }
     report = {}
     for name, extra in cases.items():
-        options = {"strategy": "auto", **extra}
+        options = {"strategy": "domain", **extra}
         times = []
         for budget in range(1, num_layers):
             constraints = Constraints(

@@ -4,7 +4,8 @@ Stable, sorted, diff-friendly JSON (one value per line). `prunec build --locked`
 current inputs with the lock and fails with a LockError listing everything that changed.
 What is compared: the spec's meaning (formatting and comments do not count), the model and
 calibration data fingerprints, and the selected layers. Versions are recorded, not compared:
-a newer torch that picks the same layers is not a different build.
+a newer torch that picks the same layers is not a different build. So is how `auto` chose
+(`search`: every measured candidate and the winner).
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def lock_data(
             "spacing_weight": selection.spacing_weight,
             "num_layers": selection.num_layers,
         },
+        # Recorded, not compared: how `auto` chose (every measured candidate, the winner).
+        "search": selection.search.to_json() if selection.search is not None else None,
         "versions": {
             "prunec": __version__,
             "torch": _version("torch"),

@@ -440,6 +440,7 @@ def _build_in_memory(
     check_targets_supported(plan, model_config_dict(loaded))
 
     from prunec.planning import solve
+    from prunec.planning.strategies import MEASURED_STRATEGIES
 
     scores = None
     if plan.prune.remove is None:
@@ -448,8 +449,23 @@ def _build_in_memory(
         tick = time.perf_counter()
         scores = score(plan, loaded, cache_dir=cache_dir)
         timings["score"] = time.perf_counter() - tick
-    selection = solve(plan, scores if scores is not None else {}, loaded.num_layers)
+    context = None
+    if plan.prune.remove is None and plan.prune.strategy in MEASURED_STRATEGIES:
+        from prunec.planning.search import SearchContext
+
+        context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=reporter is not None)
+    tick = time.perf_counter()
+    selection = solve(
+        plan, scores if scores is not None else {}, loaded.num_layers, context=context
+    )
+    if context is not None:
+        context.close()  # the search's cached hidden states are not needed any more
+        timings["search"] = time.perf_counter() - tick
     _say(reporter, f"selected layers to remove: {list(selection.removed)} ({selection.regime})")
+    if selection.search is not None:
+        from prunec.report import search_line
+
+        _say(reporter, search_line(selection.search))
 
     from prunec import lock as lockfile
 

@@ -1,4 +1,5 @@
-"""Human-readable build output: the layer plan table, the artifacts and the gate table."""
+"""Human-readable build output: the layer plan table, how the set was chosen (every measured
+candidate of `auto`), the artifacts and the gate table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from prunec.pipeline import BuildResult
-    from prunec.planning import Selection
+    from prunec.planning import SearchSummary, Selection
     from prunec.scoring import LayerScores
 
 
@@ -35,7 +36,8 @@ def selection_table(
     for name in domains:
         table.add_column(name, justify="right")
     table.add_column(
-        "combined" if selection.ranking == "domain" else selection.ranking, justify="right"
+        "combined" if selection.ranking in ("domain", "measured") else selection.ranking,
+        justify="right",
     )
     table.add_column("removed", justify="center")
     removed = set(selection.removed)
@@ -46,6 +48,126 @@ def selection_table(
         cells.append("x" if gone else "")
         table.add_row(*cells, style="bold red" if gone else None)
     return table
+
+
+def _layers(removed: Sequence[int]) -> str:
+    return " ".join(str(i) for i in removed)
+
+
+def _kinds(summary: SearchSummary) -> str:
+    words = {"nll": "answer NLL", "kl": "KL to the unpruned model"}
+    return ", ".join(f"{d}: {words.get(k, k)}" for d, k in summary.kinds.items())
+
+
+def _shown(summary: SearchSummary) -> list[int]:
+    """Candidates worth a row: every complete one (early-stopped moves are only counted)."""
+    return [i for i, c in enumerate(summary.candidates) if c.complete]
+
+
+def search_line(summary: SearchSummary) -> str:
+    """One line: how many candidates, why the search stopped, what won and by how much."""
+    from prunec.planning.problem import FIXED_ORIGINS
+
+    chosen = summary.selected
+    fixed = [
+        c.held_out
+        for c in summary.candidates
+        if c.held_out is not None and set(c.origin) & set(FIXED_ORIGINS)
+    ]
+    line = (
+        f"auto: measured {summary.evaluations} of at most {summary.budget} candidates "
+        f"({summary.stopped}); chosen {', '.join(chosen.origin)}, search {chosen.search:.4f}"
+    )
+    if chosen.held_out is not None:
+        line += f", held-out {chosen.held_out:.4f}"
+        if fixed:
+            line += f" (best fixed strategy {min(fixed):.4f})"
+    return line
+
+
+def candidates_table(summary: SearchSummary) -> Table:
+    """`auto`'s measured candidates: origin, removed layers, proxy, measured objective on the
+    search and held-out parts; the chosen set in bold."""
+    from rich.table import Table
+
+    unpruned = ", ".join(
+        f"{part.replace('_', '-')} {value:.4f}" for part, value in summary.unpruned.items()
+    )
+    table = Table(
+        title=f"auto: measured candidates (objective: {_kinds(summary)}; unpruned: {unpruned})"
+    )
+    for name, justify in (
+        ("#", "right"),
+        ("origin", "left"),
+        ("removed", "left"),
+        ("proxy", "right"),
+        ("search", "right"),
+        ("held-out", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for index in _shown(summary):
+        cand = summary.candidates[index]
+        chosen = index == summary.chosen
+        table.add_row(
+            str(index + 1),
+            ", ".join(cand.origin) + ("  <- chosen" if chosen else ""),
+            _layers(cand.removed),
+            f"{cand.proxy:.4f}",
+            f"{cand.search:.4f}",
+            f"{cand.held_out:.4f}" if cand.held_out is not None else "",
+            style="bold green" if chosen else None,
+        )
+    stopped = len(summary.candidates) - len(_shown(summary))
+    if stopped:
+        table.caption = (
+            f"{stopped} more moves stopped early, already worse than the best "
+            "(see --json for their partial values)"
+        )
+    return table
+
+
+def how_chosen_markdown(selection: Selection) -> str:
+    """How the removed layers were selected, as Markdown (the model card's section)."""
+    if selection.strategy == "manual":
+        return "Listed in the spec (`remove`); nothing was scored or searched."
+    summary = selection.search
+    if summary is None:
+        spacing = (
+            f", spacing weight {selection.spacing_weight:g}" if selection.spacing_weight else ""
+        )
+        return (
+            f"Strategy `{selection.strategy}` ({selection.ranking} ranking{spacing}): the exact "
+            "planner minimised the sum of the ranking's per-layer values over the removed "
+            f"layers under the spec's constraints. Budget regime: {selection.regime}."
+        )
+    chosen = summary.selected
+    samples = ", ".join(f"{d} {s[0]}/{s[1]}" for d, s in summary.samples.items())
+    lines = [
+        f"Strategy `auto` measured {summary.evaluations} candidate sets (budget "
+        f"`search {summary.budget}`; stopped: {summary.stopped}) by running the model on the "
+        f"calibration data with the layers skipped. Objective ({_kinds(summary)}; domains "
+        f"weighted by the spec): lower is better. Records per domain, search/held-out: "
+        f"{samples}. Candidates came from every ranking, then a local search from the best "
+        f"one; the held-out part decided among {len(summary.finalists) or 'no'} finalists. "
+        f"Chosen: {', '.join(chosen.origin)}. Budget regime: {selection.regime} (reported, "
+        "not a rule).",
+        "",
+        "| origin | removed | proxy | search | held-out |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for index in _shown(summary):
+        cand = summary.candidates[index]
+        mark = " **(chosen)**" if index == summary.chosen else ""
+        held = f"{cand.held_out:.4f}" if cand.held_out is not None else ""
+        lines.append(
+            f"| {', '.join(cand.origin)}{mark} | {_layers(cand.removed)} | {cand.proxy:.4f} | "
+            f"{cand.search:.4f} | {held} |"
+        )
+    unpruned = ", ".join(
+        f"{part.replace('_', '-')} {value:.4f}" for part, value in summary.unpruned.items()
+    )
+    lines += ["", f"Unpruned model: {unpruned}."]
+    return "\n".join(lines)
 
 
 def domain_importance(
@@ -70,6 +192,8 @@ def render_build(result: BuildResult, console: Console) -> None:
     """Print the plan table, the published targets and the gate table."""
     order = [d.name for d in result.plan.domains]
     console.print(selection_table(result.selection, domain_importance(result.scores, order)))
+    if result.selection.search is not None:
+        console.print(candidates_table(result.selection.search))
     for target in result.targets:
         console.print(_target_line(target.target.kind, target.target.path, target.report))
     if result.gates is not None:

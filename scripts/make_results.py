@@ -256,7 +256,14 @@ def main(root: Path, samples: int | None, from_json: bool) -> None:
         print(f"\r{done}/{total} sweep points", end="", file=sys.stderr, flush=True)
 
     result = run_sweep(
-        plan, loaded, scores, budgets=budgets, strategies=STRATEGIES, samples=samples, progress=say
+        plan,
+        loaded,
+        scores,
+        budgets=budgets,
+        strategies=STRATEGIES,
+        samples=samples,
+        progress=say,
+        cache_dir=out_dir / "cache",
     )
     print(file=sys.stderr)
     write_json(result, out_dir / "sweep.json")

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,3 +33,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return cache[key]
 
     return make
+
+
+#: A testbed trained just enough that removing layers measurably hurts the answers'
+#: likelihood (a few seconds of training); shared by the build and search tests.
+QUICK_TESTBED = dict(
+    steps=40, batch_size=8, num_layers=6, hidden_size=32, calib_samples=8, eval_samples=8
+)
+
+
+@pytest.fixture(scope="session")
+def quick_testbed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny trained two-domain VLM testbed (`prunec.testbed`), trained once per session."""
+    from prunec.testbed import TrainConfig, ensure_testbed
+
+    root = tmp_path_factory.getbasetemp() / "quick-testbed"
+    return ensure_testbed(root, config=TrainConfig(**QUICK_TESTBED))

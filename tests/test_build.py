@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prunec.errors import ExitCode
-from prunec.testbed import TrainConfig, ensure_testbed
+from prunec.testbed import TrainConfig
 
 #: Trained just enough that removing layers measurably hurts the answers' likelihood.
 QUICK = TrainConfig(
@@ -44,8 +45,9 @@ target hf "out/hf"
 
 
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return ensure_testbed(tmp_path_factory.mktemp("testbed") / "tb", config=QUICK)
+def testbed(quick_testbed: Any) -> Any:
+    assert quick_testbed.info["config"] == asdict(QUICK)  # the shared session testbed
+    return quick_testbed
 
 
 def _spec(tmp_path: Path, testbed: Any, selection: str, gate: str) -> Path:

@@ -21,7 +21,7 @@ def make_plan(tmp_path: Path, budget: int = 2, text: str = "spec") -> Plan:
         spec_text=text,
         model=ModelSpec(source="/models/tiny", local=True),
         domains=(DomainSpec(name="math", data=tmp_path / "m.jsonl", weight=2.0),),
-        prune=PruneSpec(budget=Budget(layers=budget)),
+        prune=PruneSpec(budget=Budget(layers=budget), strategy="domain"),
     )
 
 

@@ -115,14 +115,23 @@ def test_domain_strategy_weights_domains():
     assert pick_math.regime == "moderate"
 
 
-def test_auto_weighs_spacing_by_regime():
+def test_auto_without_a_model_says_how_to_get_one():
+    # `auto` measures candidates on the model (tests/test_search.py); from scores alone it
+    # cannot, and says so instead of falling back to a ranking silently.
+    scores = scores_for({"d": [0.9] + [0.1] * 8 + [0.9] * 7})
+    with pytest.raises(SpecError) as err:
+        solve(Constraints(16, 2, strategy="auto"), scores)
+    assert err.value.diagnostics[0].code == "E333"
+    assert "without `--scores`" in (err.value.diagnostics[0].help or "")
+
+
+def test_spacing_weight_spreads_the_domain_ranking_at_high_budgets():
     importance = [0.9] + [0.1] * 8 + [0.9] * 7
     scores = scores_for({"d": importance})
-    low = solve(Constraints(16, 2, strategy="auto"), scores)
-    high = solve(Constraints(16, 8, strategy="auto"), scores)
-    assert low.spacing_weight == 0.0 and high.spacing_weight > low.spacing_weight
-    assert high.regime == "high"
-    assert spacing_penalty(high.removed) == 0  # evenly spread at high budget
+    packed = solve(Constraints(16, 8, strategy="domain"), scores)
+    spread = solve(Constraints(16, 8, strategy="domain", spacing_weight=2.0), scores)
+    assert spacing_penalty(packed.removed) > 0 and spacing_penalty(spread.removed) == 0
+    assert spread.regime == "high" and spread.spacing_weight == 2.0
 
 
 def test_bi_pools_by_token_count():
@@ -207,14 +216,15 @@ def test_budget_every_layer_is_an_error():
 
 def test_plan_scores_domain_mismatch():
     with pytest.raises(SpecError, match="no domain math"):
-        solve(make_plan(budget=Budget(layers=2)), {"general": [0.1] * 8}, 8)
+        solve(make_plan(budget=Budget(layers=2), strategy="domain"), {"general": [0.1] * 8}, 8)
 
 
 def test_selection_json_round_trip():
-    sel = solve(make_plan(budget=Budget(percent=25.0)), {"math": [i / 10 for i in range(8)]}, 8)
+    plan = make_plan(budget=Budget(percent=25.0), strategy="domain", spacing_weight=0.5)
+    sel = solve(plan, {"math": [i / 10 for i in range(8)]}, 8)
     again = Selection.from_json(json.loads(json.dumps(sel.to_json())))
     assert again == sel
-    assert sel.removed == (0, 2)  # moderate regime: auto spacing splits the run (0, 1)
+    assert sel.removed == (0, 2)  # the spacing term splits the run (0, 1)
 
 
 def test_last_token_scope_uses_last_token_statistics():

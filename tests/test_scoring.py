@@ -166,7 +166,7 @@ def test_vlm_with_images(tiny_model, tmp_path):
     plan = Plan(
         model=ModelSpec(source=str(loaded.source_dir), local=True),
         domains=(DomainSpec(name="vision", data=data),),
-        prune=PruneSpec(budget=Budget(layers=1), batch_size=2),
+        prune=PruneSpec(budget=Budget(layers=1), batch_size=2, strategy="domain"),
     )
     scores = score(plan, loaded, cache_dir=tmp_path / "cache")
     stats = scores.domains["vision"]

@@ -50,7 +50,7 @@ def spec(tiny_model, tmp_path, monkeypatch) -> Path:
     rows = [{"text": f"what is the {w} circle"} for w in ("red", "blue", "green", "w3")]
     (tmp_path / "general.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = tmp_path / "tiny.prune"
-    path.write_text(SPEC.format(model=tiny_model("llama", num_layers=5), strategy="auto"))
+    path.write_text(SPEC.format(model=tiny_model("llama", num_layers=5), strategy="domain"))
     return path
 
 

@@ -33,6 +33,20 @@ class LoadedModel:
     num_layers: int
 
 
+class LazyModel:
+    """Loads `spec` on the first `get()` and keeps it: stages that may not need the model
+    (cached scores, a cached search) share one load, or none."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.loaded: LoadedModel | None = None
+
+    def get(self) -> LoadedModel:
+        if self.loaded is None:
+            self.loaded = load_model(self.spec)
+        return self.loaded
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

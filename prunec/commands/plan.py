@@ -2,6 +2,9 @@
 
 With `--scores` the plan comes from a scores file alone: no model is loaded and torch is not
 imported (the file is `prunec score` output or `{"domains": {"math": [I per layer], ...}}`).
+That works for every fixed strategy; `auto` measures candidates on the model, so with
+`--scores` it is an error (E333). Without `--scores`, the model is loaded at most once, and
+only when the scores or `auto`'s search are not cached yet.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from prunec.commands import cache_dir_option
 from prunec.errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
+    from prunec.arch.loading import LazyModel
     from prunec.plan.model import Plan
     from prunec.planning import Selection
+    from prunec.planning.search import SearchContext
     from prunec.scoring import LayerScores
 
 
@@ -51,7 +56,7 @@ def _check_layer_count(plan: Plan, scores: LayerScores) -> None:
 
 
 def _scores_and_layers(
-    plan: Plan, scores_file: Path | None, cache_dir: Path | None
+    plan: Plan, scores_file: Path | None, cache_dir: Path | None, model: LazyModel
 ) -> tuple[LayerScores | None, int]:
     if scores_file is not None:
         scores = read_scores_file(scores_file)
@@ -64,7 +69,7 @@ def _scores_and_layers(
         return None, count if count is not None else _hub_layer_count(plan)
     from prunec.scoring import score
 
-    scored = score(plan, None, cache_dir=cache_dir)
+    scored = score(plan, model, cache_dir=cache_dir)
     return scored, scored.num_layers
 
 
@@ -97,10 +102,25 @@ def plan_json(selection: Selection, scores: LayerScores | None) -> dict[str, Any
     return out
 
 
+def _context(
+    plan: Plan, scores_file: Path | None, cache_dir: Path | None, model: LazyModel
+) -> SearchContext | None:
+    """`auto`'s model and data to measure on; None with `--scores` (nothing to measure)."""
+    from prunec.planning.strategies import MEASURED_STRATEGIES
+
+    if scores_file is not None or plan.prune.remove is not None:
+        return None
+    if plan.prune.strategy not in MEASURED_STRATEGIES:
+        return None
+    from prunec.planning.search import SearchContext
+
+    return SearchContext(plan, model, cache_dir=cache_dir)
+
+
 def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -> None:
     from rich.console import Console
 
-    from prunec.report import domain_importance, selection_table
+    from prunec.report import candidates_table, domain_importance, search_line, selection_table
 
     table = selection_table(
         selection,
@@ -110,11 +130,16 @@ def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -
     )
     console = Console()
     console.print(table)
-    console.print(
-        f"strategy {selection.strategy} ({selection.ranking} ranking), regime "
-        f"[bold]{selection.regime}[/], spacing weight {selection.spacing_weight:g}, "
-        f"objective {selection.objective:.4f}"
-    )
+    if selection.search is not None:
+        console.print(candidates_table(selection.search))
+        console.print(f"strategy auto, regime [bold]{selection.regime}[/] (reported, not a rule)")
+        console.print(search_line(selection.search))
+    else:
+        console.print(
+            f"strategy {selection.strategy} ({selection.ranking} ranking), regime "
+            f"[bold]{selection.regime}[/], spacing weight {selection.spacing_weight:g}, "
+            f"objective {selection.objective:.4f}"
+        )
     console.print(f"removed: {list(selection.removed)}")
 
 
@@ -130,13 +155,19 @@ def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -
 @click.option("--json", "as_json", is_flag=True, help="Print the selection as JSON.")
 @cache_dir_option
 def command(spec: Path, scores_file: Path | None, as_json: bool, cache_dir: Path | None) -> None:
-    """Show which layers SPEC would remove, and the regime; writes nothing."""
+    """Show which layers SPEC would remove, and the regime; writes nothing.
+
+    With `auto`, also every candidate set it measured (cached: re-planning runs no model).
+    """
+    from prunec.arch.loading import LazyModel
     from prunec.planning import solve
     from prunec.syntax import load_spec
 
     plan = load_spec(spec)
-    scores, num_layers = _scores_and_layers(plan, scores_file, cache_dir)
-    selection = solve(plan, scores if scores is not None else {}, num_layers)
+    model = LazyModel(plan.model)
+    scores, num_layers = _scores_and_layers(plan, scores_file, cache_dir, model)
+    context = _context(plan, scores_file, cache_dir, model)
+    selection = solve(plan, scores if scores is not None else {}, num_layers, context=context)
     if as_json:
         click.echo(json.dumps(plan_json(selection, scores), sort_keys=True, indent=2))
     else:

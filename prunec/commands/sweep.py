@@ -146,6 +146,7 @@ def command(
             strategies=chosen,
             samples=samples,
             progress=on_point,
+            cache_dir=cache_dir,
         )
     out_dir = output or Path("build") / f"sweep-{spec.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,10 @@ STRATEGIES: tuple[str, ...] = (
     "manual",
 )
 
+#: `auto`'s default compute budget: at most this many candidate evaluations on the search part
+#: of the calibration data (docs/language.md gives what that costs).
+DEFAULT_SEARCH = 48
+
 #: Which tokens the layer statistics average over.
 TokenScope = Literal["all", "last"]
 
@@ -108,7 +112,9 @@ class PruneSpec(_Frozen):
     protect: layer indices that are never removed.
     remove: explicit layers to remove (manual selection); None = let the strategy choose.
     strategy: one of STRATEGIES; "manual" iff `remove` is given.
-    spacing_weight: weight of the spacing term in the objective; None = chosen by regime.
+    spacing_weight: weight of the spacing term of the scored strategies' objective (None = 0);
+        with `auto`, one more proposal (the domain ranking with this weight).
+    search: `auto`'s compute budget: the most candidate evaluations on the search part.
     batch_size: calibration batch size.
     tokens: statistic over all tokens or the last token of each sample.
     """
@@ -122,6 +128,7 @@ class PruneSpec(_Frozen):
     remove: tuple[int, ...] | None = None
     strategy: str = "auto"
     spacing_weight: float | None = None
+    search: int = DEFAULT_SEARCH
     batch_size: int = 4
     tokens: TokenScope = "all"
 

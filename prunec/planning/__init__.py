@@ -1,7 +1,9 @@
-"""Planning: choose which decoder layers to remove, exactly, from scores and constraints.
+"""Planning: choose which decoder layers to remove, from scores, constraints and measurement.
 
-`Constraints`, `Selection` and the constraint rules import without numpy (so `prunec check`
-stays light); the solver and strategies load on first use.
+The fixed strategies solve an additive proxy exactly from the scores (`solve`); `auto` measures
+candidates on the model (`MeasuredObjective`) and searches locally (`SearchContext`,
+`run_search`). `Constraints`, `Selection` and the constraint rules import without numpy (so
+`prunec check` stays light); the solver, strategies and the measured search load on first use.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from importlib import import_module
 from typing import Any
 
 from prunec.planning.problem import (
-    AUTO_SPACING,
     LOW_MAX,
     MODERATE_MAX,
+    SPACING_PROPOSALS,
+    Candidate,
     Constraints,
     Regime,
+    SearchSummary,
     Selection,
     regime_for,
 )
@@ -26,18 +30,30 @@ _LAZY = {
     "spacing_penalty": "prunec.planning.exact",
     "STRATEGY_REGISTRY": "prunec.planning.strategies",
     "solve": "prunec.planning.strategies",
+    "SearchContext": "prunec.planning.search",
+    "run_search": "prunec.planning.search",
+    "MeasuredObjective": "prunec.planning.measure",
+    "Measurement": "prunec.planning.measure",
+    "Transform": "prunec.planning.measure",
 }
 
 __all__ = [
-    "AUTO_SPACING",
     "LOW_MAX",
     "MODERATE_MAX",
+    "SPACING_PROPOSALS",
     "STRATEGY_REGISTRY",
+    "Candidate",
     "Constraints",
+    "MeasuredObjective",
+    "Measurement",
     "Regime",
+    "SearchContext",
+    "SearchSummary",
     "Selection",
+    "Transform",
     "objective",
     "regime_for",
+    "run_search",
     "satisfies",
     "solve",
     "solve_exact",

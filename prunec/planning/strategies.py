@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prunec.errors import Diagnostic, SourceMap, SpecError
 from prunec.plan.model import Plan
 from prunec.planning.exact import objective, satisfies, solve_exact
 from prunec.planning.problem import (
-    AUTO_SPACING,
     Constraints,
     Selection,
     constraint_problems,
@@ -16,10 +16,17 @@ from prunec.planning.problem import (
 )
 from prunec.scoring.scores import LayerScores
 
+if TYPE_CHECKING:
+    from prunec.planning.search import SearchContext
+
 Strategy = Callable[[Constraints, LayerScores | None], Selection]
 
 #: name -> strategy. Each takes the constraints and the scores (None when no scores exist).
+#: `auto` is listed too, but runs through `prunec.planning.search` with a SearchContext.
 STRATEGY_REGISTRY: dict[str, Strategy] = {}
+
+#: Strategies that measure candidates on the model: they need `solve(..., context=...)`.
+MEASURED_STRATEGIES = frozenset({"auto"})
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:
@@ -34,14 +41,19 @@ def solve(
     problem: Plan | Constraints,
     scores: LayerScores | Mapping[str, Sequence[float]],
     num_layers: int | None = None,
+    *,
+    context: SearchContext | None = None,
 ) -> Selection:
-    """Choose the layers to remove, exactly, under the plan's constraints.
+    """Choose the layers to remove under the plan's constraints.
 
     problem: a Plan (its `prune` section) or ready Constraints.
     scores: LayerScores, or per-domain importance lists (`{"math": [I(0), I(1), ...]}`); may be
         empty for strategies that need no scores (manual, last, uniform).
     num_layers: the decoder's layer count; defaults to the scores' (required without scores).
-    Raises SpecError (pointing at the spec) for unknown strategies and infeasible constraints.
+    context: the model and calibration data `auto` measures candidates on
+        (`prunec.planning.search.SearchContext`); the fixed strategies ignore it.
+    Raises SpecError (pointing at the spec) for unknown strategies, infeasible constraints,
+    and `auto` without a context.
     """
     layer_scores = _as_scores(scores)
     if num_layers is None:
@@ -53,10 +65,10 @@ def solve(
             raise ValueError("num_layers is required when there are no scores")
     if isinstance(problem, Plan):
         try:
-            return _solve(Constraints.from_plan(problem, num_layers), layer_scores)
+            return _solve(Constraints.from_plan(problem, num_layers), layer_scores, context)
         except SpecError as err:
             raise with_spec_source(err, problem) from None
-    return _solve(problem, layer_scores)
+    return _solve(problem, layer_scores, context)
 
 
 def with_spec_source(err: SpecError, plan: Plan) -> SpecError:
@@ -70,7 +82,9 @@ def with_spec_source(err: SpecError, plan: Plan) -> SpecError:
     return SpecError(err.diagnostics, sources)
 
 
-def _solve(c: Constraints, layer_scores: LayerScores | None) -> Selection:
+def _solve(
+    c: Constraints, layer_scores: LayerScores | None, context: SearchContext | None = None
+) -> Selection:
     strategy = STRATEGY_REGISTRY.get(c.strategy)
     if strategy is None:
         valid = ", ".join(sorted(STRATEGY_REGISTRY))
@@ -98,6 +112,10 @@ def _solve(c: Constraints, layer_scores: LayerScores | None) -> Selection:
                 )
             ]
         )
+    if c.strategy in MEASURED_STRATEGIES and context is not None:
+        from prunec.planning.search import auto_select
+
+        return auto_select(c, _needs_scores(c, layer_scores, "calibration scores"), context)
     return strategy(c, layer_scores)
 
 
@@ -205,10 +223,20 @@ def domain_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
 
 @register("auto")
 def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
-    """The domain ranking, with the spacing term weighted by regime (AUTO_SPACING)."""
-    s = _needs_scores(c, scores, "calibration scores")
-    weight = c.spacing_weight if c.spacing_weight is not None else AUTO_SPACING[c.regime]
-    return _scored(c, _combined(c, s), "domain", weight)
+    """Measured search (`prunec.planning.search`): without the model there is nothing to
+    measure, so this entry only explains how to get one."""
+    raise SpecError(
+        [
+            Diagnostic(
+                "E333",
+                "strategy `auto` measures candidate sets on the model, and no model is loaded here",
+                c.span("prune.strategy", "prune"),
+                help="run `prunec plan` without `--scores` (it loads the model; re-planning "
+                "reuses the cached result), or choose a fixed strategy such as "
+                "`strategy domain`",
+            )
+        ]
+    )
 
 
 @register("bi")

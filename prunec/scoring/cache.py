@@ -4,6 +4,9 @@ A cache entry is keyed by sha256 over: the model fingerprint (config + weight fi
 each domain's data fingerprint (JSONL bytes + referenced image bytes + samples/seed/
 max_length), the scorer settings and `SCORING_VERSION`. Budget, strategy and spacing are not
 part of the key: re-planning with other values reuses the scores with no forward pass.
+
+The same directory holds other content-addressed results beside the scores (`auto`'s measured
+search under `search/`), each keyed by everything it depends on.
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class ScoreCache:
-    """Scores on disk, one JSON file per key under `<dir>/scores/`."""
+    """Scores on disk, one JSON file per key under `<dir>/scores/`; other results (see
+    `get_json`) under `<dir>/<kind>/`."""
 
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -139,4 +143,16 @@ class ScoreCache:
     def put(self, key: str, scores: LayerScores) -> Path:
         path = self.path(key)
         _atomic_write(path, json.dumps(scores.to_json(), sort_keys=True))
+        return path
+
+    def get_json(self, kind: str, key: str) -> Any | None:
+        """The JSON stored under `<dir>/<kind>/<key>.json`, or None when absent or corrupt."""
+        try:
+            return json.loads((self.directory / kind / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put_json(self, kind: str, key: str, data: Any) -> Path:
+        path = self.directory / kind / f"{key}.json"
+        _atomic_write(path, json.dumps(data, sort_keys=True))
         return path

@@ -38,7 +38,7 @@ from prunec.scoring.cache import (
 from prunec.scoring.scores import DomainStats, LayerScores
 
 if TYPE_CHECKING:
-    from prunec.arch.loading import LoadedModel
+    from prunec.arch.loading import LazyModel, LoadedModel
 
 
 class _Totals:
@@ -314,16 +314,26 @@ def scorer_settings(plan: Plan) -> dict[str, Any]:
 
 
 def score(
-    plan: Plan, loaded: LoadedModel | None = None, *, cache_dir: Path | None = None
+    plan: Plan,
+    loaded: LoadedModel | LazyModel | None = None,
+    *,
+    cache_dir: Path | None = None,
 ) -> LayerScores:
     """Per-layer, per-domain statistics for `plan`'s calibration data; cached by content.
 
-    loaded: the model (from `prunec.arch.loading.load_model`); loaded from `plan.model` only
-    when the cache has no entry. cache_dir: default `$PRUNEC_CACHE_DIR` or `~/.cache/prunec`.
+    loaded: the model (from `prunec.arch.loading.load_model`), or a `LazyModel` that loads it
+    on first need (shared with later stages); None loads `plan.model`. Either way the model is
+    loaded only when the cache has no entry.
+    cache_dir: default `$PRUNEC_CACHE_DIR` or `~/.cache/prunec`.
     Data problems raise SpecError before any model work; scoring failures raise BuildError.
     """
     if not plan.domains:
         raise BuildError("scoring needs at least one calibration domain")
+    from prunec.arch.loading import LazyModel
+
+    lazy = loaded if isinstance(loaded, LazyModel) else LazyModel(plan.model)
+    if isinstance(loaded, LazyModel):
+        loaded = loaded.loaded
     cache = ScoreCache(cache_dir)
     records = read_all_records(plan)
     fingerprints = {
@@ -344,9 +354,7 @@ def score(
         if hit is not None:
             return hit
     if loaded is None:
-        from prunec.arch.loading import load_model
-
-        loaded = load_model(plan.model)
+        loaded = lazy.get()
         if model_fp is None:
             fingerprints["model"] = _model_fp(plan, loaded, cache.directory) or ""
             hit = cache.get(cache_key(fingerprints))

@@ -42,6 +42,7 @@ CODES: dict[str, str] = {
     "E229": "the model is neither an existing local directory nor a valid hub id",
     "E230": "`remove` breaks the `spacing` limits",
     "E231": "a target lies inside another target",
+    "E232": "`search` is given with a strategy other than `auto`",
     "E301": "the budget removes every layer of the model (or more)",
     "E302": "a layer index is out of range for the model",
     "E303": "`keep`/`protect` leave fewer removable layers than the budget needs",

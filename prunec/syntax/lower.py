@@ -30,6 +30,8 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 METRICS = ("accuracy", "nll")
 TOKEN_SCOPES = ("all", "last")
+#: Strategies that measure candidate sets on the model (the only ones `search` applies to).
+MEASURED_STRATEGIES = ("auto",)
 #: Strategies that score layers on calibration data, so they need at least one domain.
 CALIBRATED_STRATEGIES = ("auto", "domain", "bi", "angular", "iterative")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
@@ -430,6 +432,11 @@ class _Lowerer:
         values["spacing_weight"] = weight
         return True
 
+    def _search(self, setting: Setting, values: dict[str, Any]) -> bool:
+        value = self.whole(setting.args[0], "`search`", 1)
+        values["search"] = value
+        return value is not None
+
     def _batch_size(self, setting: Setting, values: dict[str, Any]) -> bool:
         value = self.whole(setting.args[0], "`batch_size`", 1)
         values["batch_size"] = value
@@ -448,6 +455,7 @@ class _Lowerer:
         "remove": _indices,
         "strategy": _strategy,
         "spacing_weight": _spacing_weight,
+        "search": _search,
         "batch_size": _batch_size,
         "tokens": _tokens,
     }
@@ -473,6 +481,14 @@ class _Lowerer:
                 "`strategy manual` needs a `remove` list",
                 settings["strategy"].args[0].span,
                 help="list the layers to remove, e.g. `remove 3, 4, 9`",
+            )
+        if "search" in settings and strategy not in MEASURED_STRATEGIES:
+            self.error(
+                "E232",
+                f"`search` sets how many candidates `auto` measures; strategy `{strategy}` "
+                "measures none",
+                settings["search"].key.span,
+                help="drop the `search` line, or use `strategy auto`",
             )
         if "budget" not in settings and "remove" not in settings:
             self.error(

@@ -45,6 +45,7 @@ _HOME_BLOCK: dict[str, str] = {
             "remove",
             "strategy",
             "spacing_weight",
+            "search",
             "batch_size",
             "tokens",
         ],

@@ -108,17 +108,21 @@ def run_sweep(
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
     samples: int | None = None,
     progress: Progress | None = None,
+    cache_dir: Path | None = None,
 ) -> SweepResult:
     """Evaluate every (budget, strategy) on every domain with eval data, pruning in memory.
 
     loaded: a `LoadedModel`; scores: the plan's `LayerScores` (one calibration for all points).
     The spec's constraints (keep, protect, spacing) apply to every strategy; a budget they make
     infeasible is recorded as an error row, not raised. Identical selections are evaluated once.
-    progress(stage, done, total) is called as points finish.
+    progress(stage, done, total) is called as points finish. `auto` measures its candidates
+    on the spec's calibration data (prepared once for all budgets; results cached in
+    `cache_dir`, as in `build`).
     """
     from prunec.arch import skip_layers
     from prunec.data import read_records
     from prunec.planning import Constraints, regime_for, solve
+    from prunec.planning.search import SearchContext
 
     records = {
         name: read_records(path, samples=samples if samples else plan.verify.samples, seed=0)
@@ -127,6 +131,7 @@ def run_sweep(
     model, processor = loaded.model, loaded.processor
     num_layers = int(loaded.num_layers)
     base = Constraints.from_plan(plan, num_layers)
+    context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=False)
     inputs_cache: dict[Any, Any] = {}
     original = {
         d: evaluate(model, processor, recs, cache=inputs_cache) for d, recs in records.items()
@@ -138,7 +143,7 @@ def run_sweep(
         regime = regime_for(budget, num_layers)
         problem = dataclasses.replace(base, budget=budget, strategy=strategy, remove=None)
         try:
-            removed = tuple(solve(problem, scores).removed)
+            removed = tuple(solve(problem, scores, context=context).removed)
         except SpecError as err:
             rows += _error_rows(budget, strategy, regime, records, err.diagnostics[0].message)
         else:
@@ -165,6 +170,7 @@ def run_sweep(
                 )
         if progress is not None:
             progress("sweep", i + 1, total)
+    context.close()
     return SweepResult(
         spec=str(plan.spec_path or ""),
         num_layers=num_layers,

@@ -58,7 +58,7 @@ class HFBackend(Backend):
 
 
 def _emit_loaded(job: EmitJob, loaded: LoadedModel, scores: LayerScores | None) -> HFReport:
-    from prunec.report import domain_importance
+    from prunec.report import domain_importance, how_chosen_markdown
 
     plan = job.plan
     return emit_hf(
@@ -68,6 +68,7 @@ def _emit_loaded(job: EmitJob, loaded: LoadedModel, scores: LayerScores | None) 
         spec_text=plan.spec_text,
         source=plan.model.source,
         scores=domain_importance(scores, [d.name for d in plan.domains]) or None,
+        how_chosen=how_chosen_markdown(job.selection),
     )
 
 
@@ -76,11 +77,16 @@ def _emit_streamed(job: EmitJob) -> HFReport:
 
     from prunec.backends.hf.stream import stream_prune_checkpoint
     from prunec.backends.hf.stream_check import self_check_streamed
+    from prunec.report import how_chosen_markdown
 
     tick = time.perf_counter()
     plan, removed = job.plan, job.selection.removed
     written = stream_prune_checkpoint(
-        Path(plan.model.source), job.staged, removed, spec_text=plan.spec_text
+        Path(plan.model.source),
+        job.staged,
+        removed,
+        spec_text=plan.spec_text,
+        how_chosen=how_chosen_markdown(job.selection),
     )
     diff, generate_ok, inputs = self_check_streamed(plan.model, job.staged, removed)
     return HFReport(

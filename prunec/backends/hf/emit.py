@@ -82,6 +82,7 @@ def emit_hf(
     scores: Mapping[str, Sequence[float]] | None = None,
     sample_inputs: Sequence[Mapping[str, Any]] | None = None,
     self_check: bool = True,
+    how_chosen: str = "",
 ) -> HFReport:
     """Write the pruned checkpoint into `out_dir` and prove it reloads in a fresh process.
 
@@ -90,7 +91,8 @@ def emit_hf(
     and `loaded.num_layers` the original count, which together give the layer map.
     `out_dir` is normally a staging directory from `prunec.backends.atomic`; on any failure
     BuildError is raised and the caller discards it. `scores` (domain -> per-layer
-    importance, original indexing) go into the model card. `sample_inputs` are the
+    importance, original indexing) and `how_chosen` (Markdown: how the layers were selected,
+    `prunec.report.how_chosen_markdown`) go into the model card. `sample_inputs` are the
     self-check's model inputs; by default a text prompt and, for VLMs, an image prompt are
     built with the processor.
     """
@@ -105,7 +107,12 @@ def emit_hf(
     _copy_processor(loaded, out_dir)
     (out_dir / "README.md").write_text(
         model_card(
-            source or str(loaded.source_dir or ""), spec_text, layer_map, loaded.num_layers, scores
+            source or str(loaded.source_dir or ""),
+            spec_text,
+            layer_map,
+            loaded.num_layers,
+            scores,
+            how_chosen=how_chosen,
         )
     )
     diff, generate_ok = 0.0, False
@@ -270,8 +277,13 @@ def model_card(
     layer_map: Mapping[int, int],
     num_layers: int,
     scores: Mapping[str, Sequence[float]] | None = None,
+    *,
+    how_chosen: str = "",
 ) -> str:
-    """The README.md of an emitted checkpoint (`num_layers`: the original layer count)."""
+    """The README.md of an emitted checkpoint (`num_layers`: the original layer count).
+
+    how_chosen: Markdown saying how the removed layers were selected (its own section).
+    """
     removed = [i for i in range(num_layers) if i not in layer_map]
     lines = [
         "---",
@@ -290,6 +302,8 @@ def model_card(
         "|---:|---:|",
         *(f"| {old} | {new} |" for old, new in sorted(layer_map.items())),
     ]
+    if how_chosen:
+        lines += ["", "## How the layers were chosen", "", how_chosen.rstrip()]
     if scores:
         domains = list(scores)
         lines += ["", "## Layer importance (original indexing)", ""]

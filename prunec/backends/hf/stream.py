@@ -130,7 +130,12 @@ def _patch_config(
 
 
 def stream_prune_checkpoint(
-    source_dir: Path, out_dir: Path, remove: Sequence[int], *, spec_text: str = ""
+    source_dir: Path,
+    out_dir: Path,
+    remove: Sequence[int],
+    *,
+    spec_text: str = "",
+    how_chosen: str = "",
 ) -> StreamReport:
     """Write a pruned copy of the safetensors checkpoint `source_dir` into `out_dir`.
 
@@ -194,7 +199,13 @@ def stream_prune_checkpoint(
         for path in source_dir.glob(pattern):
             if path.is_file() and path.name != INDEX:
                 shutil.copy2(path, out_dir / path.name)
-    card = model_card(str(source_dir), spec_text, layer_map, num_layers)
+    card = model_card(
+        str(source_dir),
+        spec_text,
+        layer_map,
+        num_layers,
+        how_chosen=how_chosen,
+    )
     (out_dir / "README.md").write_text(card)
     meta = {
         "source": str(source_dir),
