@@ -121,7 +121,7 @@ def test_auto_without_a_model_says_how_to_get_one():
     scores = scores_for({"d": [0.9] + [0.1] * 8 + [0.9] * 7})
     with pytest.raises(SpecError) as err:
         solve(Constraints(16, 2, strategy="auto"), scores)
-    assert err.value.diagnostics[0].code == "E333"
+    assert err.value.diagnostics[0].code == "E342"
     assert "without `--scores`" in (err.value.diagnostics[0].help or "")
 
 

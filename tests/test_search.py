@@ -411,7 +411,7 @@ def test_plan_with_a_scores_file_explains_that_auto_needs_the_model(
     scores.write_text(json.dumps({"domains": {"math": [0.3, 0.1, 0.2, 0.4]}}))
     assert _run("plan", str(spec), "--scores", str(scores)) == ExitCode.SPEC
     err = capsys.readouterr().err
-    assert "error[E333]" in err and "without `--scores`" in err and "Traceback" not in err
+    assert "error[E342]" in err and "without `--scores`" in err and "Traceback" not in err
     spec.write_text(spec.read_text().replace("budget 1 layer", "budget 1 layer strategy domain"))
     assert _run("plan", str(spec), "--scores", str(scores), "--json") == ExitCode.OK
 

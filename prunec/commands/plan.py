@@ -3,7 +3,7 @@
 With `--scores` the plan comes from a scores file alone: no model is loaded and torch is not
 imported (the file is `prunec score` output or `{"domains": {"math": [I per layer], ...}}`).
 That works for every fixed strategy; `auto` measures candidates on the model, so with
-`--scores` it is an error (E333). Without `--scores`, the model is loaded at most once, and
+`--scores` it is an error (E342). Without `--scores`, the model is loaded at most once, and
 only when the scores or `auto`'s search are not cached yet.
 """
 

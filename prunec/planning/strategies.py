@@ -228,7 +228,7 @@ def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     raise SpecError(
         [
             Diagnostic(
-                "E333",
+                "E342",
                 "strategy `auto` measures candidate sets on the model, and no model is loaded here",
                 c.span("prune.strategy", "prune"),
                 help="run `prunec plan` without `--scores` (it loads the model; re-planning "
