@@ -48,17 +48,19 @@ def test_every_bad_line_is_reported(images):
         [
             "{not json",
             json.dumps({"image": "img/1.png"}),
-            json.dumps({"text": "ok", "colour": "red"}),
+            json.dumps({"text": "ok", "colour": "red"}),  # unknown fields are ignored
             json.dumps(["a list"]),
-            json.dumps({"text": "fine"}),
+            json.dumps({"text": "fine", "answer": 3.5}),
         ],
     )
     with pytest.raises(SpecError) as err:
         read_records(path)
     lines = [d.span.line for d in err.value.diagnostics if d.span]
-    assert lines == [1, 2, 3, 4]
+    assert lines == [1, 2, 4, 5]
+    codes = [d.code for d in err.value.diagnostics]
+    assert codes == ["E323", "E326", "E324", "E327"]
     rendered = err.value.render()
-    assert f"{path}:2:1" in rendered and "unknown field 'colour'" in rendered
+    assert f"{path}:2:1" in rendered and 'missing or empty "text"' in rendered
 
 
 def test_missing_and_unreadable_images(images):

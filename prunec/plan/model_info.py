@@ -40,3 +40,8 @@ def _layer_count(config: Any) -> int | None:
         if nested is not None:
             return nested
     return None
+
+
+def layer_count_of(config: Any) -> int | None:
+    """The decoder layer count in a parsed config.json (top level or a VLM's text config)."""
+    return _layer_count(config)
