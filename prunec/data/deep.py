@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prunec.data.images import DataUnavailable
-from prunec.data.reader import read_calibration, read_evaluation
+from prunec.data.reader import read_calibration, read_evaluation, source_fields
 from prunec.errors import Diagnostic, SourceMap, Span, SpecError
 from prunec.plan.model import DataSource, DomainSpec, Plan
 
@@ -45,8 +45,37 @@ def deep_diagnostics(plan: Plan) -> tuple[list[Diagnostic], SourceMap]:
         for source in _eval_sources(plan, domain):
             if _exists(source):
                 collect(read_evaluation, domain, source, plan.verify.samples, check_all=True)
+        if not out:
+            out += _unused_fields(plan, domain)
     out += _config_problems(plan, sources)
     return out, sources
+
+
+def _unused_fields(plan: Plan, domain: DomainSpec) -> list[Diagnostic]:
+    """E337 for a field `fields` names that none of the domain's sources has.
+
+    The reader requires the text field everywhere (and answers in eval data), but an image
+    or answer field may be missing from one source; missing from all, it is a misspelling.
+    """
+    if domain.fields is None:
+        return []
+    seen = source_fields(domain.data, domain.split, domain.config)
+    for source in _eval_sources(plan, domain):
+        seen |= source_fields(source, domain.eval_split, domain.config)
+    out = []
+    for part in ("image", "answer"):
+        name = getattr(domain.fields, part)
+        if name is not None and name not in seen:
+            listed = ", ".join(f"`{k}`" for k in sorted(seen)[:12]) or "none"
+            out.append(
+                Diagnostic(
+                    "E337",
+                    f"no source of domain `{domain.name}` has the field `{name}` "
+                    f"(named by `fields {part}`); fields found: {listed}",
+                    plan.span(f"domains.{domain.name}.fields.{part}"),
+                )
+            )
+    return out
 
 
 def _exists(source: DataSource) -> bool:

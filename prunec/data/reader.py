@@ -111,6 +111,21 @@ def read_evaluation(
     )
 
 
+def source_fields(
+    source: DataSource, split: str | None = None, config: str | None = None
+) -> set[str]:
+    """The field names a source's records have: a table's columns, or every key of a JSON
+    file's objects. Empty when the source cannot be read (reading it reports why)."""
+    try:
+        if is_table(source):
+            return set(load_table(source, split, config).columns)
+        assert isinstance(source, Path)
+        parsed = read_json_rows(source)
+    except (SpecError, DataUnavailable):
+        return set()
+    return set().union(*(v.keys() for _, v in parsed.rows if isinstance(v, dict)))
+
+
 def records_digest(records: Iterable[Record], file_digest: Callable[[Path], str]) -> str:
     """sha256 of what the records feed the model: texts, turns, answers and image bytes.
 
@@ -143,21 +158,25 @@ def _cap(problems: list[Diagnostic], label: Path | str) -> list[Diagnostic]:
 
 
 def _absent_fields(
-    layout: Layout, fields: FieldNames | None, keys: set[str], label: Path | str
+    layout: Layout, fields: FieldNames | None, keys: set[str], label: Path | str, answers: bool
 ) -> list[Diagnostic]:
-    """E337 for a text field (or an explicitly mapped field) that no record has."""
+    """E337 for the text field, or (evaluation data) the answer field, that no record has.
+
+    One error instead of one per record. An image field may be absent: a source can be text
+    only (`check --deep` checks that a mapped one exists in some source of the domain).
+    """
     if layout != "flat":
         return []
     names = fields or FieldNames()
     out = []
-    for part in ("text", "image", "answer"):
+    for part in ("text", "answer") if answers else ("text",):
         mapped = fields is not None and getattr(fields, part) is not None
         name = names.name(part)  # type: ignore[arg-type]
-        if name in keys or (part != "text" and not mapped):
+        if name in keys:
             continue
         found = ", ".join(f"`{k}`" for k in sorted(keys)[:12]) or "none"
         by = f" (named by `fields {part}`)" if mapped else ""
-        hint = None if mapped else 'name the text field with `fields text "..."` in the domain'
+        hint = None if mapped else f'name the {part} field with `fields {part} "..."` in the domain'
         message = f"no record of {label} has the field `{name}`{by}; fields found: {found}"
         out.append(Diagnostic("E337", message, help=hint))
     return out
@@ -231,8 +250,9 @@ def _read_json(
     objects = [(line, v) for line, v in parsed.rows if isinstance(v, dict)]
     layout = detect_layout(objects[0][1] if objects else (), fields)
     keys: set[str] = set().union(*(v.keys() for _, v in objects))
-    absent = _absent_fields(layout, fields, keys, path) if objects else []
+    absent = _absent_fields(layout, fields, keys, path, require_answer) if objects else []
     names = fields or FieldNames()
+    text_absent = layout == "flat" and bool(objects) and names.name("text") not in keys
     base, resolved = path.parent, path.resolve()
     records: list[Record] = []
     problems = list(parsed.problems)
@@ -246,7 +266,7 @@ def _read_json(
         try:
             records.append(to_record(value, layout, names, Origin(resolved, line, "line", base)))
         except RowProblem as err:
-            if not (absent and err.code == "E326"):  # already said once, as E337
+            if not (text_absent and err.code == "E326"):  # already said once, as E337
                 problems.append(Diagnostic(err.code, str(err), span, help=err.help))
     problems.sort(key=lambda d: d.span.line if d.span else 0)
     first = line_span(path, lines, 1)
@@ -282,7 +302,8 @@ def _read_table(
     layout = detect_layout(table.columns, fields)
     names = fields or FieldNames()
     sources = SourceMap()
-    _raise(_absent_fields(layout, fields, set(table.columns), label), label, sources)
+    absent = _absent_fields(layout, fields, set(table.columns), label, require_answer)
+    _raise(absent, label, sources)
 
     def record(index: int, row: dict[str, object]) -> Record:
         return to_record(row, layout, names, Origin(label, index, "row", table.base))

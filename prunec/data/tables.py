@@ -107,13 +107,14 @@ def _image(kind: Any) -> bool:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """No progress bars or info logs from `datasets`; prunec reports its own progress."""
+    """No progress bars or logs from `datasets`: prunec reports its own progress, and turns
+    the exception of a failed load into its own message (the log would repeat it)."""
     from datasets.utils import logging as ds_logging
 
     bars = ds_logging.is_progress_bar_enabled()
     level = ds_logging.get_verbosity()
     ds_logging.disable_progress_bar()
-    ds_logging.set_verbosity_error()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
     try:
         yield
     finally:
