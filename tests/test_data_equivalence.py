@@ -150,3 +150,55 @@ def test_multi_turn_conversations_agree_and_keep_their_turns(tmp_path, llava):
     answer = [t for t, m in zip(tokens, batch["answer_mask"][0], strict=True) if m]
     assert answer[:1] == ["two"] and "red" not in answer
     assert int(batch["pixel_values"].shape[0]) == 1
+
+
+def test_score_cache_key_follows_the_content_of_the_data(tmp_path, llava):
+    """The data fingerprint changes with the records fed (a field mapping that reads another
+    column, an embedded image's bytes), not with how or where the file was written."""
+
+    def fingerprint(source, name: str) -> str:
+        plan = _plan(llava.source_dir, source)
+        return score(plan, llava, cache_dir=tmp_path / name).fingerprints["data.d"]
+
+    fields = write_layout("fields", tmp_path / "f", RECORDS)
+    decoy = type(fields)(fields.data, fields.fields.model_copy(update={"text": "text"}))
+    assert fingerprint(fields, "a") != fingerprint(decoy, "b")
+    first = fingerprint(write_layout("parquet-embedded", tmp_path / "p1", RECORDS), "c")
+    again = fingerprint(write_layout("parquet-embedded", tmp_path / "p2", RECORDS), "d")
+    other_image = [{**r, "image": "a.png"} if r["image"] == "b.png" else r for r in RECORDS]
+    changed = fingerprint(write_layout("parquet-embedded", tmp_path / "p3", other_image), "e")
+    assert first == again != changed
+
+
+@pytest.mark.parametrize("kind", ["fields", "parquet-chat", "folder"])
+def test_verify_gates_read_eval_data_as_the_domain_says(kind, tmp_path, llava):
+    """The build's gate evaluation reads `eval` and `on` data with the domain's `fields`
+    and `eval_split`, and scores the same as the documented layout."""
+    from prunec.pipeline import evaluate_domains
+    from prunec.plan.model import VerifyGate, VerifySpec
+
+    # Image records only: evaluation cannot batch image and text-only prompts together yet.
+    answered = [r for r in RECORDS if r["answer"] is not None and r["image"]]
+
+    def plan_for(source, on_gate: bool) -> Plan:
+        domain = DomainSpec(
+            name="d",
+            data=source.data,
+            eval=None if on_gate else source.data,
+            fields=source.fields,
+            eval_split=source.split,
+        )
+        gate = VerifyGate(domain="d", threshold=0.5, data=source.data if on_gate else None)
+        return Plan(
+            model=ModelSpec(source=str(llava.source_dir), local=True),
+            domains=(domain,),
+            prune=PruneSpec(remove=(1,), strategy="manual"),
+            verify=VerifySpec(gates=(gate,)),
+        )
+
+    reference = write_layout("jsonl", tmp_path / "ref", answered)
+    source = write_layout(kind, tmp_path / "alt", answered)
+    expected = evaluate_domains(plan_for(reference, False), llava)["d"]
+    assert expected.n == len(answered)
+    assert evaluate_domains(plan_for(source, False), llava)["d"] == expected
+    assert evaluate_domains(plan_for(source, True), llava)["d"] == expected

@@ -370,3 +370,9 @@ def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_keeps_the_layout_of_its_first_record(images):
+    rows = [{"messages": [{"role": "user", "content": "a"}]}, {"text": "b"}]
+    (diag,) = problems(lines(images / "d.jsonl", rows))
+    assert (diag.code, diag.span.line) == ("E333", 2) and "read as chat records" in diag.message

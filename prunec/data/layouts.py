@@ -233,7 +233,17 @@ def _conversation(turns: list[_Turn], image: ImageRef | None, at: Origin) -> Rec
     return _record(at, final.text, image, answer, history)
 
 
+def _missing(key: str, layout: str) -> RowProblem:
+    return RowProblem(
+        "E333",
+        f'no "{key}": the file is read as {layout} records (its first record has "{key}")',
+        help="write every record of a file in one layout",
+    )
+
+
 def _llava(row: Mapping[str, Any], at: Origin) -> Record:
+    if "conversations" not in row:
+        raise _missing("conversations", "LLaVA")
     turns_raw = row.get("conversations")
     if not isinstance(turns_raw, list) or not turns_raw:
         raise RowProblem("E333", '"conversations" must be a non-empty list of turns')
@@ -272,6 +282,8 @@ def _llava(row: Mapping[str, Any], at: Origin) -> Record:
 
 
 def _chat(row: Mapping[str, Any], at: Origin) -> Record:
+    if "messages" not in row:
+        raise _missing("messages", "chat")
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RowProblem("E333", '"messages" must be a non-empty list of messages')
