@@ -15,7 +15,7 @@ from prunec.data.images import DataUnavailable, open_rgb
 from prunec.data.layouts import PENDING
 from prunec.data.tables import load_table
 from prunec.errors import SpecError
-from prunec.plan.model import FieldNames, HubDataset
+from prunec.plan.model import FieldNames
 
 
 def lines(path: Path, rows: list, end: str = "\n") -> Path:
@@ -297,6 +297,7 @@ def test_parquet_images_are_decoded_from_memory_and_rows_picked_by_index(images,
     records = read_records(path, samples=4, seed=3)
     assert asked == [[r.line for r in records]] and len(asked[0]) == 4
     assert all(isinstance(r.image, ImageBytes) and r.unit == "row" for r in records)
+    assert len(set(records)) == 4  # records are dict keys of evaluation caches
     assert records[0].where == f"{path} row {records[0].line}"
 
 
@@ -344,7 +345,7 @@ def test_folder_splits_and_configs(tmp_path):
 def test_hub_dataset_offline_fails_in_seconds_with_one_line(tmp_path):
     started = time.perf_counter()
     with pytest.raises(DataUnavailable) as err:
-        read_records(HubDataset(repo="prunec-tests/no-such-dataset"), split="test")
+        read_records("hf://datasets/prunec-tests/no-such-dataset", split="test")
     assert time.perf_counter() - started < 15
     message = str(err.value)
     assert "\n" not in message and err.value.exit_code == 3

@@ -46,7 +46,8 @@ def read_records(
     """Read, check and sample a data source; keep `samples` records chosen by `seed`.
 
     source: a JSONL / JSON-array file (any other extension is read as JSON too), a Parquet,
-        CSV or TSV file, a folder of data files, or a hub dataset.
+        CSV or TSV file, a folder of data files, or a hub dataset (also as a string
+        "hf://datasets/org/name").
     fields: the domain's field mapping (forces the flat layout); None = detect the layout.
     split / config: for folders and hub datasets.
     require_answer: every checked record needs an answer (evaluation data).
@@ -57,8 +58,8 @@ def read_records(
     (each naming file:line or row), an empty source, or fewer records than `samples`;
     BuildError when the network is needed (hub dataset, image URL) and unreachable.
     """
-    if not isinstance(source, HubDataset):
-        source = Path(source)
+    if isinstance(source, str):
+        source = HubDataset.parse(source) or Path(source)
     if is_table(source):
         return _read_table(source, samples, seed, fields, split, config, require_answer, check_all)
     assert isinstance(source, Path)

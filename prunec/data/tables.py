@@ -202,7 +202,7 @@ def _csv_options(path: Path) -> dict[str, Any]:
     }
 
 
-def _load(path: str, label: str, config: str | None, **kwargs: Any) -> Any:
+def _load(path: str, label: str, config: str | None, hub: bool = False, **kwargs: Any) -> Any:
     from datasets import load_dataset
 
     try:
@@ -211,7 +211,10 @@ def _load(path: str, label: str, config: str | None, **kwargs: Any) -> Any:
     except (KeyboardInterrupt, MemoryError):
         raise
     except ConnectionError as err:
-        raise _Unreachable(_one_line(err)) from err
+        if hub:
+            raise _Unreachable(_one_line(err)) from err
+        message = f"cannot load {label}: {_one_line(err)}"
+        raise SpecError([Diagnostic("E336", message)]) from None
     except Exception as err:  # datasets and pyarrow raise many kinds for bad input
         message = f"cannot load {label}: {_one_line(err)}"
         raise SpecError([Diagnostic("E336", message, help=_load_hint(kwargs))]) from None
@@ -240,10 +243,11 @@ def _load_hub(source: HubDataset, split: str, config: str | None) -> Any:
 
     label = split_label(source, split, config)
     try:
+        kwargs = {"split": split, "revision": source.revision}
         if hub_reachable():
-            return _load(source.repo, label, config, split=split, revision=source.revision)
+            return _load(source.repo, label, config, hub=True, **kwargs)
         with _offline():
-            return _load(source.repo, label, config, split=split, revision=source.revision)
+            return _load(source.repo, label, config, hub=True, **kwargs)
     except _Unreachable as err:
         raise DataUnavailable(
             "E336",

@@ -10,6 +10,7 @@ compare equal through `plan.model_dump()` (spans are excluded from dumps and fro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,15 @@ class ModelSpec(_Frozen):
     trust_remote_code: bool = False
 
 
+#: `hf://datasets/ORG/NAME[@REVISION]`: the path syntax of huggingface_hub's HfFileSystem,
+#: which `datasets` and pandas also read. No local path starts with `hf://`.
+HUB_DATASET_PREFIX = "hf://datasets/"
+_HUB_DATASET = re.compile(
+    r"^hf://datasets/(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?)"
+    r"(@(?P<revision>[A-Za-z0-9._/-]+))?$"
+)
+
+
 class HubDataset(_Frozen):
     """A dataset on the Hugging Face hub, written `"hf://datasets/ORG/NAME[@REVISION]"`.
 
@@ -69,6 +79,12 @@ class HubDataset(_Frozen):
 
     repo: str
     revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HubDataset | None:
+        """The hub dataset `text` names, or None when it is not `hf://datasets/...`."""
+        match = _HUB_DATASET.match(text)
+        return cls(repo=match["repo"], revision=match["revision"]) if match else None
 
     def __str__(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from prunec.errors import Diagnostic, Span, did_you_mean
 from prunec.plan.model import (
+    HUB_DATASET_PREFIX,
     STRATEGIES,
     Budget,
     DataSource,
@@ -43,13 +44,6 @@ OPSET_RANGE = (14, 23)
 CALIBRATED_STRATEGIES = ("auto", "domain", "bi", "angular", "iterative")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-#: A hub dataset: `hf://datasets/ORG/NAME[@REVISION]` (the path syntax of huggingface_hub's
-#: HfFileSystem, which `datasets` and pandas also read). No local path starts with `hf://`.
-HUB_DATASET_PREFIX = "hf://datasets/"
-_HUB_DATASET = re.compile(
-    r"^hf://datasets/(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?)"
-    r"(@(?P<revision>[A-Za-z0-9._/-]+))?$"
-)
 #: A `datasets` split expression: `train`, `train[:80%]`, `train+validation`, ...
 _SPLIT = re.compile(r"^[A-Za-z0-9_.-]+(\[[^\[\]]*\])?(\+[A-Za-z0-9_.-]+(\[[^\[\]]*\])?)*$")
 #: Record parts a `fields` mapping may rename.
@@ -142,9 +136,9 @@ class _Lowerer:
         raw = self.string(tok)
         if "://" not in raw:
             return self.resolve(raw)
-        match = _HUB_DATASET.match(raw)
-        if match:
-            return HubDataset(repo=match["repo"], revision=match["revision"])
+        hub = HubDataset.parse(raw)
+        if hub is not None:
+            return hub
         guess = None
         for prefix in ("https://huggingface.co/datasets/", "hf://"):
             if raw.startswith(prefix) and not raw.startswith(HUB_DATASET_PREFIX):
