@@ -49,6 +49,8 @@ class Diagnostic:
     expected: what would have been accepted there, in words ("a number, or `first`").
     help: a suggestion ("did you mean `budget`?").
     notes: extra lines of context.
+    count: how many problems it stands for: 1, or how many a summary line leaves unshown
+        (long lists of data problems show the first few, then "and N more").
     """
 
     code: str
@@ -58,6 +60,7 @@ class Diagnostic:
     help: str | None = None
     notes: tuple[str, ...] = ()
     severity: str = "error"
+    count: int = 1
 
 
 class PrunecError(Exception):
@@ -202,7 +205,7 @@ def format_diagnostic(diag: Diagnostic, sources: SourceMap, color: bool = False)
 def format_diagnostics(diags: Iterable[Diagnostic], sources: SourceMap, color: bool = False) -> str:
     diags = list(diags)
     body = "\n\n".join(format_diagnostic(d, sources, color) for d in diags)
-    n = sum(d.severity == "error" for d in diags)
+    n = sum(d.count for d in diags if d.severity == "error")
     if n > 1:
         body += "\n\n" + _paint(f"error: {n} problems found", "error", color)
     return body

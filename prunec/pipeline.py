@@ -106,13 +106,6 @@ def preflight(plan: Plan, *, force: bool = False) -> None:
         raise SpecError(diags, _sources(plan, diags))
 
 
-def _domain_eval(plan: Plan, name: str) -> Path | None:
-    try:
-        return plan.domain(name).eval
-    except KeyError:
-        return None
-
-
 def _sources(plan: Plan, diags: Sequence[Diagnostic]) -> SourceMap:
     """The spec's text under every file name the diagnostics' spans use."""
     sources = SourceMap()
@@ -156,16 +149,14 @@ def evaluate_domains(
     plan: Plan, loaded: LoadedModel, reporter: Reporter | None = None, label: str = ""
 ) -> dict[str, DomainEval]:
     """Evaluate the model on every gated domain's evaluation data."""
-    from prunec.data import read_records
+    from prunec.data import read_evaluation
     from prunec.verify import evaluate
 
     results: dict[str, DomainEval] = {}
     for gate in plan.verify.gates:
         if gate.domain in results:
             continue
-        path = gate.data or _domain_eval(plan, gate.domain)
-        assert path is not None  # preflight guarantees it
-        records = read_records(path, samples=plan.verify.samples, seed=0)
+        records = read_evaluation(plan.domain(gate.domain), gate.data, plan.verify.samples)
         results[gate.domain] = evaluate(loaded.model, loaded.processor, records)
         result = results[gate.domain]
         _say(
@@ -178,13 +169,13 @@ def evaluate_domains(
 
 def calibration_inputs(plan: Plan, loaded: LoadedModel, limit: int = 2) -> list[dict[str, Any]]:
     """A few real model inputs from the calibration data, for artifact parity checks."""
-    from prunec.data import encode, read_records
+    from prunec.data import encode, read_calibration
 
     inputs: list[dict[str, Any]] = []
     for domain in plan.domains:
-        if not domain.data.is_file():
+        if isinstance(domain.data, Path) and not domain.data.exists():
             continue
-        records = read_records(domain.data, samples=limit, seed=domain.seed)
+        records = read_calibration(domain, samples=limit)
         for record in records:
             inputs.append(dict(encode(loaded.processor, [record], domain.max_length)))
     return inputs

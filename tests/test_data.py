@@ -48,17 +48,19 @@ def test_every_bad_line_is_reported(images):
         [
             "{not json",
             json.dumps({"image": "img/1.png"}),
-            json.dumps({"text": "ok", "colour": "red"}),
+            json.dumps({"text": "ok", "colour": "red"}),  # unknown fields are ignored
             json.dumps(["a list"]),
-            json.dumps({"text": "fine"}),
+            json.dumps({"text": "fine", "answer": 3.5}),
         ],
     )
     with pytest.raises(SpecError) as err:
         read_records(path)
     lines = [d.span.line for d in err.value.diagnostics if d.span]
-    assert lines == [1, 2, 3, 4]
+    assert lines == [1, 2, 4, 5]
+    codes = [d.code for d in err.value.diagnostics]
+    assert codes == ["E323", "E326", "E324", "E327"]
     rendered = err.value.render()
-    assert f"{path}:2:1" in rendered and "unknown field 'colour'" in rendered
+    assert f"{path}:2:1" in rendered and 'missing or empty "text"' in rendered
 
 
 def test_missing_and_unreadable_images(images):
@@ -195,3 +197,46 @@ def test_tokenizer_without_pad_token_borrows_eos(llama_tokenizer, tmp_path):
         assert llama_tokenizer.pad_token is None  # restored
     finally:
         llama_tokenizer.pad_token = saved
+
+
+def test_earlier_turns_without_a_chat_template_are_lines_of_the_prompt(llama_tokenizer, tmp_path):
+    row = {
+        "messages": [
+            {"role": "user", "content": "what is the red circle"},
+            {"role": "assistant", "content": "a square"},
+            {"role": "user", "content": "how many dots"},
+            {"role": "assistant", "content": "two"},
+        ]
+    }
+    (record,) = read_records(write(tmp_path / "c.jsonl", [json.dumps(row)]))
+    (single,) = read_records(write(tmp_path / "s.jsonl", [json.dumps({"text": "how many dots"})]))
+    saved = llama_tokenizer.chat_template
+    llama_tokenizer.chat_template = None
+    try:
+        batch = encode(llama_tokenizer, [record], 64, with_answer=True)
+        plain = encode(llama_tokenizer, [single], 64)
+    finally:
+        llama_tokenizer.chat_template = saved
+    tokens = llama_tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    words = [t for t in tokens if t not in ("<s>", "</s>", "<pad>")]
+    # One line per turn; this word-level tokenizer splits on whitespace, newlines included.
+    assert words == [
+        "what",
+        "is",
+        "the",
+        "red",
+        "circle",
+        "a",
+        "square",
+        "how",
+        "many",
+        "dots",
+        "two",
+    ]
+    answer = [t for t, m in zip(tokens, batch["answer_mask"][0], strict=True) if m]
+    assert answer == ["two"]
+    assert llama_tokenizer.convert_ids_to_tokens(plain["input_ids"][0])[-3:] == [
+        "how",
+        "many",
+        "dots",
+    ]

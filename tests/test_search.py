@@ -229,9 +229,9 @@ def label_free_kl(
     model: Any, processor: Any, records: list[Record], removed: tuple[int, ...]
 ) -> tuple[float, float]:
     """(top-k + tail KL as documented, full KL), mean over the documented positions."""
-    from prunec.data import _image_token_ids
+    from prunec.data import image_token_ids
 
-    image_ids = set(_image_token_ids(processor))
+    image_ids = set(image_token_ids(processor))
     coarse_sum, full_sum, count = 0.0, 0.0, 0
     with torch.inference_mode():
         for record in records:

@@ -40,17 +40,32 @@ def use_color(choice: str) -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _check_one(path: Path) -> Analysis:
-    return check_file(path)
+def _check_one(path: Path, deep: bool = False) -> Analysis:
+    result = check_file(path)
+    if not deep or result.plan is None:
+        return result
+    from prunec.data.deep import deep_diagnostics
+
+    found, sources = deep_diagnostics(result.plan)
+    # The build's errors for missing files replace `check`'s warnings about them.
+    kept = [d for d in result.diagnostics if d.code not in ("W301", "W302")]
+    diagnostics = tuple(kept + found)
+    sources.texts.update(result.sources.texts)
+    failed = any(d.severity == "error" for d in diagnostics)
+    return Analysis(None if failed else result.plan, diagnostics, sources)
 
 
 def _diagnostic_json(diag: Diagnostic) -> dict[str, Any]:
     span = diag.span
-    where = (
-        {"line": span.line, "col": span.col, "end_line": span.end_line, "end_col": span.end_col}
-        if span is not None
-        else {}
-    )
+    where: dict[str, Any] = {}
+    if span is not None:  # `file`: the spec, or (with --deep) a data or config file
+        where = {
+            "file": span.file,
+            "line": span.line,
+            "col": span.col,
+            "end_line": span.end_line,
+            "end_col": span.end_col,
+        }
     return {
         "code": diag.code,
         "severity": diag.severity,
@@ -65,24 +80,36 @@ def _diagnostic_json(diag: Diagnostic) -> dict[str, Any]:
 @click.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Show errors only, not warnings.")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also read every data and eval record and the model's config.json, as a build would.",
+)
 @COLOR_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.pass_context
 def command(
-    ctx: click.Context, as_json: bool, quiet: bool, color: str, files: tuple[Path, ...]
+    ctx: click.Context,
+    as_json: bool,
+    quiet: bool,
+    deep: bool,
+    color: str,
+    files: tuple[Path, ...],
 ) -> None:
     """Validate spec FILES: syntax, meaning, and layer counts of local models.
 
     Prints `ok  FILE` for each valid file; exits 2 when any file has an error. A directory
     means every `*.prune` file under it. Data files that do not exist yet are reported as
-    warnings only.
+    warnings only. With --deep, every record of every data and eval file is read and checked
+    (images opened, URLs downloaded) and the model's config.json parsed, without loading the
+    model; missing files are then errors, as in a build.
     """
     paths = list(spec_files(files))
     colored = use_color(color)
     invalid = 0
     report = []
     for path in paths:
-        result = _check_one(path)
+        result = _check_one(path, deep)
         if quiet:
             result = result._replace(diagnostics=result.errors)
         invalid += bool(result.errors)

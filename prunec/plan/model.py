@@ -10,6 +10,7 @@ compare equal through `plan.model_dump()` (spans are excluded from dumps and fro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,25 +65,85 @@ class ModelSpec(_Frozen):
     trust_remote_code: bool = False
 
 
+#: `hf://datasets/ORG/NAME[@REVISION]`: the path syntax of huggingface_hub's HfFileSystem,
+#: which `datasets` and pandas also read. No local path starts with `hf://`.
+HUB_DATASET_PREFIX = "hf://datasets/"
+_HUB_DATASET = re.compile(
+    r"^hf://datasets/(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?)"
+    r"(@(?P<revision>[A-Za-z0-9._/-]+))?$"
+)
+
+
+class HubDataset(_Frozen):
+    """A dataset on the Hugging Face hub, written `"hf://datasets/ORG/NAME[@REVISION]"`.
+
+    repo: the dataset id ("org/name", or "name" for the few datasets without an owner).
+    revision: branch, tag or commit after `@`; None = the hub default.
+    """
+
+    repo: str
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HubDataset | None:
+        """The hub dataset `text` names, or None when it is not `hf://datasets/...`."""
+        match = _HUB_DATASET.match(text)
+        return cls(repo=match["repo"], revision=match["revision"]) if match else None
+
+    def __str__(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"hf://datasets/{self.repo}{rev}"
+
+
+#: Where data comes from: a local file or folder (absolute path), or a hub dataset.
+DataSource = Path | HubDataset
+
+
+class FieldNames(_Frozen):
+    """Which field (JSON key, table column) holds each part of a record (`fields` in a domain).
+
+    A part the spec does not map is None and keeps its documented name (`name()`).
+    """
+
+    text: str | None = None
+    image: str | None = None
+    answer: str | None = None
+
+    def name(self, part: Literal["text", "image", "answer"]) -> str:
+        """The field holding `part`: the mapped name, else the documented one."""
+        mapped: str | None = getattr(self, part)
+        return mapped if mapped is not None else part
+
+
 class DomainSpec(_Frozen):
     """One calibration domain.
 
-    data: calibration JSONL (absolute path).
-    samples: how many lines to use (None = all).
+    data: calibration data: a JSONL/JSON/Parquet/CSV file or a folder of them (absolute
+        path), or a hub dataset.
+    samples: how many records to use (None = all).
     weight: the domain's share in the combined importance; > 0. Normalised across domains
         by `Plan.normalized_weights()`.
     max_length: token limit per calibration sample (longer samples are truncated).
-    eval: optional evaluation JSONL used by `verify` gates when a gate names no file.
-    seed: sampling seed for choosing `samples` lines.
+    eval: optional evaluation data used by `verify` gates when a gate names no file.
+    seed: sampling seed for choosing `samples` records.
+    fields: the field names of flat records; None = the documented names, and files in the
+        LLaVA `conversations` or chat `messages` layout are recognised.
+    split / eval_split: the split read from folders and hub datasets for `data` / for `eval`
+        and gates (None = "train", the split a folder of plain files has).
+    config: the dataset configuration of folders and hub datasets (None = the default one).
     """
 
     name: str
-    data: Path
+    data: DataSource
     samples: int | None = None
     weight: float = 1.0
     max_length: int = 512
-    eval: Path | None = None
+    eval: DataSource | None = None
     seed: int = 0
+    fields: FieldNames | None = None
+    split: str | None = None
+    eval_split: str | None = None
+    config: str | None = None
 
 
 class Budget(_Frozen):
@@ -137,14 +198,14 @@ class VerifyGate(_Frozen):
     """A retention gate: the pruned model must keep `threshold` of the original's score.
 
     threshold: a fraction in (0, 1] (the spec writes a percentage).
-    data: evaluation JSONL; None = the domain's `eval` file.
+    data: evaluation data (file, folder or hub dataset); None = the domain's `eval`.
     metric: "accuracy" (exact match by greedy generation) or "nll" (answer NLL, retention is
         original / pruned).
     """
 
     domain: str
     threshold: float
-    data: Path | None = None
+    data: DataSource | None = None
     metric: Literal["accuracy", "nll"] = "accuracy"
 
 

@@ -210,7 +210,7 @@ class MeasuredObjective:
         self._weights = {d: float(weights.get(d, 0.0)) for d in names}
         if sum(self._weights.values()) <= 0:
             raise BuildError("measuring needs a positive weight on at least one domain")
-        self._image_ids = _image_token_ids(processor)
+        self._image_ids = _image_ids(processor)
         self._encode(records, names, batch_size, max_length)
         self._best: dict[Part, tuple[float, tuple[int, ...]] | None] = {
             "search": None,
@@ -686,8 +686,8 @@ def _lm_head(model: nn.Module) -> Any:
     return head if head is not None and hasattr(head, "weight") else None
 
 
-def _image_token_ids(processor: Any) -> list[int]:
+def _image_ids(processor: Any) -> list[int]:
     """Token ids that stand for image features (never predicted, never predicting)."""
-    from prunec.data import _image_token_ids as image_ids
+    from prunec.data import image_token_ids
 
-    return image_ids(processor) if processor is not None else []
+    return image_token_ids(processor) if processor is not None else []

@@ -1,9 +1,10 @@
 """Content-addressed score cache and the fingerprints that address it.
 
 A cache entry is keyed by sha256 over: the model fingerprint (config + weight file digests),
-each domain's data fingerprint (JSONL bytes + referenced image bytes + samples/seed/
-max_length), the scorer settings and `SCORING_VERSION`. Budget, strategy and spacing are not
-part of the key: re-planning with other values reuses the scores with no forward pass.
+each domain's data fingerprint (the content of the chosen records, image bytes included, in
+whatever layout the file has, + samples/seed/max_length), the scorer settings and
+`SCORING_VERSION`. Budget, strategy and spacing are not part of the key: re-planning with
+other values reuses the scores with no forward pass.
 
 The same directory holds other content-addressed results beside the scores (`auto`'s measured
 search under `search/`), each keyed by everything it depends on.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,20 +97,10 @@ def _tensor_bytes(tensor: Any) -> bytes:
     return bytes(flat.view(torch.uint8).numpy().tobytes())
 
 
-def data_fingerprint(
-    data_file: Path,
-    images: Iterable[Path],
-    settings: Mapping[str, Any],
-    memo_dir: Path | None = None,
-) -> str:
-    """Digest of a domain's calibration input: file bytes, image bytes and sampling settings."""
-    return _digest_json(
-        {
-            "file": file_digest(data_file, memo_dir),
-            "images": sorted({file_digest(p, memo_dir) for p in images}),
-            "settings": dict(settings),
-        }
-    )
+def data_fingerprint(content: str, settings: Mapping[str, Any]) -> str:
+    """Digest of a domain's calibration input: the chosen records' content digest
+    (`prunec.data.records_digest`: texts, turns, answers, image bytes) and the settings."""
+    return _digest_json({"records": content, "settings": dict(settings)})
 
 
 def cache_key(fingerprints: Mapping[str, Any]) -> str:

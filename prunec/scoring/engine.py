@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunec.data import Record, encode, read_records
+from prunec.data import Record, encode, read_calibration, records_digest
 from prunec.errors import BuildError, SourceMap, SpecError
 from prunec.plan.model import Plan
 from prunec.scoring.cache import (
@@ -32,6 +32,7 @@ from prunec.scoring.cache import (
     ScoreCache,
     cache_key,
     data_fingerprint,
+    file_digest,
     model_fingerprint,
     state_dict_fingerprint,
 )
@@ -265,7 +266,7 @@ def read_all_records(plan: Plan) -> dict[str, list[Record]]:
     errors: list[SpecError] = []
     for domain in plan.domains:
         try:
-            records[domain.name] = read_records(domain.data, domain.samples, domain.seed)
+            records[domain.name] = read_calibration(domain)
         except SpecError as err:
             errors.append(err)
     if errors:
@@ -338,10 +339,8 @@ def score(
     records = read_all_records(plan)
     fingerprints = {
         f"data.{d.name}": data_fingerprint(
-            d.data,
-            [r.image for r in records[d.name] if r.image is not None],
+            records_digest(records[d.name], lambda p: file_digest(p, cache.directory)),
             {"samples": d.samples, "seed": d.seed, "max_length": d.max_length},
-            cache.directory,
         )
         for d in plan.domains
     }

@@ -13,9 +13,13 @@ from typing import Any, ClassVar
 
 from prunec.errors import Diagnostic, Span, did_you_mean
 from prunec.plan.model import (
+    HUB_DATASET_PREFIX,
     STRATEGIES,
     Budget,
+    DataSource,
     DomainSpec,
+    FieldNames,
+    HubDataset,
     ModelSpec,
     Plan,
     PruneSpec,
@@ -36,6 +40,12 @@ MEASURED_STRATEGIES = ("auto",)
 CALIBRATED_STRATEGIES = ("auto", "domain", "bi", "angular", "iterative")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+#: A `datasets` split expression: `train`, `train[:80%]`, `train+validation`, ...
+_SPLIT = re.compile(r"^[A-Za-z0-9_.-]+(\[[^\[\]]*\])?(\+[A-Za-z0-9_.-]+(\[[^\[\]]*\])?)*$")
+#: Record parts a `fields` mapping may rename.
+FIELD_PARTS = ("text", "image", "answer")
+#: Extensions that make a data path a single file, to which `split`/`config` cannot apply.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".tsv")
 _ONCE = ("model", "prune", "verify")
 
 
@@ -112,8 +122,32 @@ class _Lowerer:
         return value
 
     def path(self, tok: Tok) -> Path:
-        raw = os.path.expanduser(self.string(tok))
-        return Path(os.path.abspath(self.base_dir / raw))
+        return self.resolve(self.string(tok))
+
+    def resolve(self, raw: str) -> Path:
+        return Path(os.path.abspath(self.base_dir / os.path.expanduser(raw)))
+
+    def data_source(self, tok: Tok) -> DataSource | None:
+        """A data path, or a hub dataset written `hf://datasets/ORG/NAME[@REVISION]`."""
+        raw = self.string(tok)
+        if "://" not in raw:
+            return self.resolve(raw)
+        hub = HubDataset.parse(raw)
+        if hub is not None:
+            return hub
+        guess = None
+        for prefix in ("https://huggingface.co/datasets/", "hf://"):
+            if raw.startswith(prefix) and not raw.startswith(HUB_DATASET_PREFIX):
+                rest = raw.removeprefix(prefix).removeprefix("datasets/").strip("/")
+                guess = f'did you mean "{HUB_DATASET_PREFIX}{rest}"?'
+        self.error(
+            "E242",
+            f"`{raw}` is neither a local path nor a hub dataset",
+            tok.span,
+            expected='a path, or "hf://datasets/ORG/NAME" (optionally "@REVISION")',
+            help=guess,
+        )
+        return None
 
     def choice(self, code: str, tok: Tok, what: str, choices: Iterable[str]) -> str | None:
         choices = tuple(choices)
@@ -185,6 +219,7 @@ class _Lowerer:
         prune = self.prune(prune_items[0] if prune_items else None, domains)
         verify_items = by_rule.get("verify", [])
         verify = self.verify(verify_items[0], domains) if verify_items else VerifySpec()
+        self.check_dataset_settings(domains, list(verify.gates))
         targets = self.targets(by_rule.get("target", []))
         if self.diags or model is None or prune is None:
             return None
@@ -292,7 +327,17 @@ class _Lowerer:
             # Paths point at the string itself, so a missing-file warning underlines it.
             self.spans[f"domains.{name}.{key}"] = tok.span if tok.kind == "STRING" else setting.span
             if key in ("data", "eval"):
-                values[key] = self.path(tok)
+                source = self.data_source(tok)
+                ok = ok and source is not None
+                values[key] = source
+            elif key == "fields":
+                mapping = self.fields(setting, name)
+                ok = ok and mapping is not None
+                values["fields"] = mapping
+            elif key in ("split", "eval_split", "config"):
+                text = self.dataset_name(tok, key)
+                ok = ok and text is not None
+                values[key] = text
             elif key == "weight":
                 weight = float(tok.text)
                 if not 0 < weight < math.inf:
@@ -313,6 +358,84 @@ class _Lowerer:
             )
             return None
         return DomainSpec(**values) if ok else None
+
+    def fields(self, setting: Setting, domain: str) -> FieldNames | None:
+        """`fields text "q", image "p"`: each part at most once, to a non-empty name."""
+        args = [t for t in setting.args if t.kind != "COMMA"]
+        mapped: dict[str, str] = {}
+        first_at: dict[str, Span] = {}
+        ok = True
+        for part, column in zip(args[::2], args[1::2], strict=True):
+            if part.text not in FIELD_PARTS:
+                self.choice("E240", part, "record part", FIELD_PARTS)
+                ok = False
+                continue
+            if part.text in first_at:
+                self.error(
+                    "E240",
+                    f"`{part.text}` is mapped twice in `fields`",
+                    part.span,
+                    notes=(f"first mapped at column {first_at[part.text].col}",),
+                )
+                ok = False
+                continue
+            first_at[part.text] = part.span
+            name = self.string(column)
+            if not name.strip():
+                self.error("E240", f"an empty field name for `{part.text}`", column.span)
+                ok = False
+                continue
+            other = next((p for p, n in mapped.items() if n == name), None)
+            if other is not None:
+                self.error(
+                    "E240", f"`{other}` and `{part.text}` both read the field `{name}`", column.span
+                )
+                ok = False
+                continue
+            mapped[part.text] = name
+            self.spans[f"domains.{domain}.fields.{part.text}"] = column.span
+        return FieldNames(**mapped) if ok else None
+
+    def dataset_name(self, tok: Tok, key: str) -> str | None:
+        """The value of `split`, `eval_split` or `config`."""
+        value = self.string(tok)
+        if key == "config":
+            if value.strip():
+                return value
+            self.error("E241", "`config` names an empty configuration", tok.span)
+            return None
+        if _SPLIT.match(value):
+            return value
+        self.error(
+            "E241",
+            f"`{value}` is not a split",
+            tok.span,
+            expected='a split name such as "train", optionally sliced ("train[:80%]") '
+            'or joined ("train+validation")',
+        )
+        return None
+
+    def check_dataset_settings(
+        self, domains: dict[str, DomainSpec], gates: list[VerifyGate]
+    ) -> None:
+        """`split`, `eval_split` and `config` must apply to a folder or a hub dataset."""
+        for domain in domains.values():
+            gate_data = [g.data for g in gates if g.domain == domain.name and g.data is not None]
+            evals = [*([domain.eval] if domain.eval is not None else []), *gate_data]
+            targets = {
+                "split": ([domain.data], "`data`"),
+                "eval_split": (evals, "`eval` or a `verify` gate's data"),
+                "config": ([domain.data, *evals], "the domain's data"),
+            }
+            for key, (sources, what) in targets.items():
+                if getattr(domain, key) is None or any(_has_splits(s) for s in sources):
+                    continue
+                self.error(
+                    "E241",
+                    f"`{key}` applies to folders and hub datasets, and {what} is a single file",
+                    self.spans.get(f"domains.{domain.name}.{key}"),
+                    help=f"remove `{key}`",
+                )
 
     # ---------------------------------------------------------------- prune
 
@@ -636,9 +759,10 @@ class _Lowerer:
             )
             ok = False
         seen.setdefault(key, name.span)
-        data = self.path(data_tok) if data_tok is not None else None
+        data = self.data_source(data_tok) if data_tok is not None else None
+        ok = ok and (data_tok is None or data is not None)
         domain = domains.get(name.text)
-        if data is None and domain is not None and domain.eval is None:
+        if data_tok is None and domain is not None and domain.eval is None:
             self.error(
                 "E215",
                 f'gate `{name.text}` has no data: no `on "file"` and domain `{name.text}` '
@@ -776,6 +900,13 @@ def _is_number(text: str) -> bool:
 
 def _join(first: Span, last: Span) -> Span:
     return Span(first.file, first.line, first.col, last.end_line, last.end_col)
+
+
+def _has_splits(source: DataSource) -> bool:
+    """Whether `split`/`config` can apply: a hub dataset or a folder (existing or not yet)."""
+    if isinstance(source, HubDataset):
+        return True
+    return not is_file(source) and source.suffix.lower() not in DATA_FILE_SUFFIXES
 
 
 def lower(spec: SpecFile, base_dir: Path) -> tuple[Plan | None, list[Diagnostic]]:

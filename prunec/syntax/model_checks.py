@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from prunec.errors import Diagnostic, Span, SpecError
-from prunec.plan.model import Plan
+from prunec.plan.model import DataSource, Plan
 from prunec.syntax.lower import is_dir, is_file
 
 
@@ -60,18 +61,27 @@ def missing_file_warnings(plan: Plan) -> list[Diagnostic]:
         # Shown relative to the spec, as the user wrote it, not as an absolute path.
         shown = os.path.relpath(path, plan.spec_path.parent) if plan.spec_path else str(path)
         message = f"{what} `{shown}` does not exist yet"
-        out.append(Diagnostic(code, message, span, severity="warning"))
+        hint = None
+        if code == "W301" and _HUB_LIKE.match(shown):
+            hint = f'for the hub dataset `{shown}`, write "hf://datasets/{shown}"'
+        out.append(Diagnostic(code, message, span, help=hint, severity="warning"))
+
+    def missing(source: DataSource | None) -> Path | None:
+        # Hub datasets are checked when read; a folder of data files is as good as a file.
+        if isinstance(source, Path) and not is_file(source) and not is_dir(source):
+            return source
+        return None
 
     if plan.model.local and not is_dir(Path(plan.model.source)):
         warn("W302", "model directory", Path(plan.model.source), plan.span("model"))
     for domain in plan.domains:
-        if not is_file(domain.data):
-            warn("W301", "data file", domain.data, plan.span(f"domains.{domain.name}.data"))
-        if domain.eval is not None and not is_file(domain.eval):
-            warn("W301", "eval file", domain.eval, plan.span(f"domains.{domain.name}.eval"))
+        if (path := missing(domain.data)) is not None:
+            warn("W301", "data file", path, plan.span(f"domains.{domain.name}.data"))
+        if (path := missing(domain.eval)) is not None:
+            warn("W301", "eval file", path, plan.span(f"domains.{domain.name}.eval"))
     for position, gate in enumerate(plan.verify.gates):
-        if gate.data is not None and not is_file(gate.data):
-            warn("W301", "eval file", gate.data, plan.span(f"verify.{position}.data"))
+        if (path := missing(gate.data)) is not None:
+            warn("W301", "eval file", path, plan.span(f"verify.{position}.data"))
     return out
 
 
@@ -155,13 +165,14 @@ def _protected_paths(plan: Plan) -> list[tuple[str, Path]]:
         paths.append(("model folder", Path(os.path.realpath(plan.model.source))))
     if plan.spec_path is not None:
         paths.append(("spec file", Path(os.path.realpath(plan.spec_path))))
+    sources: list[tuple[str, DataSource | None]] = []
     for domain in plan.domains:
-        paths.append(("data file", Path(os.path.realpath(domain.data))))
-        if domain.eval is not None:
-            paths.append(("eval file", Path(os.path.realpath(domain.eval))))
-    for gate in plan.verify.gates:
-        if gate.data is not None:
-            paths.append(("eval file", Path(os.path.realpath(gate.data))))
+        sources += [("data file", domain.data), ("eval file", domain.eval)]
+    sources += [("eval file", gate.data) for gate in plan.verify.gates]
+    for what, source in sources:
+        if isinstance(source, Path):  # hub datasets live in the hub cache, not beside targets
+            kind = "data folder" if is_dir(source) else what
+            paths.append((kind, Path(os.path.realpath(source))))
     return paths
 
 
@@ -181,3 +192,7 @@ def support_problems(plan: Plan, config: dict[str, Any]) -> list[Diagnostic]:
                 )
             )
     return out
+
+
+#: A relative path that reads like a hub id ("org/name", no extension).
+_HUB_LIKE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -35,7 +35,10 @@ _CONTEXT_BY_KEYWORD: tuple[tuple[str, str], ...] = (
 #: Where each setting belongs, for "`budget` belongs in a `prune` block" hints.
 _HOME_BLOCK: dict[str, str] = {
     **dict.fromkeys(("revision", "dtype", "device", "trust_remote_code"), "model"),
-    **dict.fromkeys(("data", "weight", "max_length", "eval", "seed"), "domain"),
+    **dict.fromkeys(
+        ("data", "weight", "max_length", "eval", "seed", "fields", "split", "eval_split", "config"),
+        "domain",
+    ),
     **dict.fromkeys(
         [
             "budget",

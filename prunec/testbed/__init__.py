@@ -82,7 +82,7 @@ def ensure_testbed(
 
     import torch
 
-    from prunec.backends.atomic import atomic_directory
+    from prunec.backends.atomic import atomic_directory, write_manifest
     from prunec.testbed.processor import build_processor
     from prunec.verify import evaluate, read_records
 
@@ -115,4 +115,5 @@ def ensure_testbed(
             "eval_accuracy": accuracy,
         }
         (staged / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        write_manifest(staged, {"kind": "testbed", "fingerprint": fingerprint})
     return TestbedPaths(root, root / "model", root / "data", info)

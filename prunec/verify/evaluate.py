@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prunec.data import Record, encode, prompt_inputs
+from prunec.data import Record, encode, image_token_ids, prompt_inputs
 from prunec.errors import BuildError
 
 
@@ -123,11 +123,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _image_token_ids(processor: Any) -> list[int]:
-    ids = {getattr(processor, attr, None) for attr in ("image_token_id", "image_token_index")}
-    return sorted(i for i in ids if isinstance(i, int))
-
-
 def normalize_answer(text: str) -> str:
     """The exact-match normal form: surrounding whitespace stripped, lower case."""
     return text.strip().lower()
@@ -177,7 +172,7 @@ def evaluate(
                 total, count = _batch_nll(model, cache[key])
                 nll_sum, nll_tokens = nll_sum + total, nll_tokens + count
                 outputs = _batch_greedy(
-                    model, prompts, pad_id, eos_ids, max_new_tokens, _image_token_ids(processor)
+                    model, prompts, pad_id, eos_ids, max_new_tokens, image_token_ids(processor)
                 )
                 for rec, out in zip(chunk, outputs, strict=True):
                     text = tokenizer.decode(out, skip_special_tokens=True)

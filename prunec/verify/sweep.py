@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prunec.errors import BuildError, SpecError
-from prunec.plan.model import Plan
+from prunec.plan.model import DataSource, Plan
 from prunec.verify.evaluate import DomainEval, evaluate, retention
 
 #: Strategies a sweep compares when none are named (`iterative` is costly: opt in).
@@ -82,9 +82,9 @@ class SweepResult:
         return None
 
 
-def eval_sets(plan: Plan) -> dict[str, Path]:
-    """Evaluation file per domain: its first gate's file, else the domain's `eval` file."""
-    out: dict[str, Path] = {}
+def eval_sets(plan: Plan) -> dict[str, DataSource]:
+    """Evaluation data per domain: its first gate's data, else the domain's `eval` data."""
+    out: dict[str, DataSource] = {}
     for gate in plan.verify.gates:
         if gate.data is not None and gate.domain not in out:
             out[gate.domain] = gate.data
@@ -120,13 +120,14 @@ def run_sweep(
     `cache_dir`, as in `build`).
     """
     from prunec.arch import skip_layers
-    from prunec.data import read_records
+    from prunec.data import read_evaluation
     from prunec.planning import Constraints, regime_for, solve
     from prunec.planning.search import SearchContext
 
+    limit = samples if samples else plan.verify.samples
     records = {
-        name: read_records(path, samples=samples if samples else plan.verify.samples, seed=0)
-        for name, path in eval_sets(plan).items()
+        name: read_evaluation(plan.domain(name), source, limit)
+        for name, source in eval_sets(plan).items()
     }
     model, processor = loaded.model, loaded.processor
     num_layers = int(loaded.num_layers)

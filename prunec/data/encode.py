@@ -1,152 +1,27 @@
-"""Calibration / evaluation data: JSONL records, and encoding them through the model's processor.
-
-A data file has one JSON object per line: `{"image": "img/1.png", "text": "...",
-"answer": "..."}`. `image` (relative to the JSONL file) and `answer` are optional; `text` is
-required. Blank lines are skipped. Every problem in a file is reported at once, as a SpecError
-whose diagnostics name `file:line`, before any model work starts.
-"""
+"""Encoding records through the model's processor and chat template into model inputs."""
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunec.errors import BuildError, Diagnostic, SourceMap, Span, SpecError
+from prunec.data.images import ImageProblem, NetworkUnavailable, open_rgb
+from prunec.data.record import Record
+from prunec.errors import BuildError
 
 if TYPE_CHECKING:
     import torch
 
-_FIELDS = frozenset({"image", "text", "answer"})
-
-
-@dataclass(frozen=True)
-class Record:
-    """One data line.
-
-    file / line: where it came from (1-based line), for error messages.
-    image: absolute image path, or None for a text-only sample.
-    answer: the expected answer (evaluation, NLL); None when the line has none.
-    """
-
-    file: Path
-    line: int
-    text: str
-    image: Path | None = None
-    answer: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-
-def read_records(path: Path, samples: int | None = None, seed: int = 0) -> list[Record]:
-    """Read and check a JSONL data file; keep `samples` lines chosen deterministically by `seed`.
-
-    The chosen lines keep their file order. Raises SpecError listing every bad line (bad JSON,
-    wrong or missing fields, missing or unreadable images), an empty file, or a file with fewer
-    lines than `samples`.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError([Diagnostic("E320", f"cannot read data file {path}: {err}")]) from err
-    sources = SourceMap()
-    sources.add(str(path), text)
-    records: list[Record] = []
-    problems: list[Diagnostic] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            record = _parse_line(path, number, raw, problems)
-            if record is not None:
-                records.append(record)
-    if not records and not problems:
-        problems.append(Diagnostic("E321", f"data file {path} has no records", _at(path, 1, "")))
-    if samples is not None and not problems and samples > len(records):
-        message = f"{samples} samples requested but {path} has only {len(records)} records"
-        problems.append(Diagnostic("E322", message, _at(path, 1, "")))
-    if problems:
-        raise SpecError(problems, sources)
-    if samples is not None and samples < len(records):
-        chosen = sorted(random.Random(seed).sample(range(len(records)), samples))
-        records = [records[i] for i in chosen]
-    image_problems = [d for r in records if (d := _check_image(r, text)) is not None]
-    if image_problems:
-        raise SpecError(image_problems, sources)
-    return records
-
-
-def _at(path: Path, line: int, raw: str) -> Span:
-    return Span(str(path), line, 1, line, max(len(raw), 1) + 1)
-
-
-def _parse_line(path: Path, number: int, raw: str, problems: list[Diagnostic]) -> Record | None:
-    span = _at(path, number, raw)
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as err:
-        problems.append(Diagnostic("E323", f"invalid JSON: {err.msg}", span))
-        return None
-    if not isinstance(obj, dict):
-        problems.append(Diagnostic("E324", "expected a JSON object", span))
-        return None
-    unknown = sorted(set(obj) - _FIELDS)
-    if unknown:
-        problems.append(
-            Diagnostic(
-                "E325",
-                f"unknown field {', '.join(map(repr, unknown))}",
-                span,
-                expected="image, text, answer",
-            )
-        )
-    text = obj.get("text")
-    if not isinstance(text, str) or not text.strip():
-        problems.append(Diagnostic("E326", 'missing or empty "text" (a string)', span))
-    for key in ("image", "answer"):
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            problems.append(Diagnostic("E327", f'"{key}" must be a string', span))
-    if len(problems) and problems[-1].span == span:
-        return None
-    image = (path.parent / obj["image"]).resolve() if obj.get("image") else None
-    return Record(path.resolve(), number, text, image, obj.get("answer"))  # type: ignore[arg-type]
-
-
-def _check_image(record: Record, text: str) -> Diagnostic | None:
-    if record.image is None:
-        return None
-    raw = text.splitlines()[record.line - 1]
-    span = _at(record.file, record.line, raw)
-    if not record.image.is_file():
-        return Diagnostic("E328", f"image not found: {record.image}", span)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(record.image) as img:
-            img.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        return Diagnostic("E329", f"unreadable image {record.image}: {err}", span)
-    return None
-
 
 def load_image(record: Record) -> Any:
-    """The record's image as RGB PIL image; BuildError naming file:line when it cannot load."""
-    from PIL import Image
-
+    """The record's image as an upright RGB PIL image; BuildError naming file:line when it
+    cannot load."""
     assert record.image is not None
     try:
-        with Image.open(record.image) as img:
-            return img.convert("RGB")
-    except OSError as err:
+        return open_rgb(record.image)
+    except (ImageProblem, NetworkUnavailable) as err:
         raise BuildError(f"{record.where}: cannot load image {record.image}: {err}") from err
-
-
-# -- encoding ---------------------------------------------------------------------------------
 
 
 def _tokenizer(processor: Any) -> Any:
@@ -164,19 +39,33 @@ def _is_multimodal(processor: Any) -> bool:
     return getattr(processor, "image_processor", None) is not None
 
 
+def _turn(role: str, text: str, image: bool, multimodal: bool) -> dict[str, Any]:
+    if not multimodal:
+        return {"role": role, "content": text}
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if image:
+        content.insert(0, {"type": "image"})
+    return {"role": role, "content": content}
+
+
 def _messages(record: Record, multimodal: bool, with_answer: bool) -> list[dict[str, Any]]:
-    if multimodal:
-        content: Any = [{"type": "text", "text": record.text}]
-        if record.image is not None:
-            content.insert(0, {"type": "image"})
-    else:
-        content = record.text
-    messages = [{"role": "user", "content": content}]
+    """The chat: earlier turns as they were, then the user turn (image first, then text),
+    then the answer as the assistant turn."""
+    messages = [_turn(t.role, t.text, t.image, multimodal) for t in record.history]
+    image_here = record.image is not None and not record.image_in_history
+    messages.append(_turn("user", record.text, image_here, multimodal))
     if with_answer:
-        answer = record.answer or ""
-        reply: Any = [{"type": "text", "text": answer}] if multimodal else answer
-        messages.append({"role": "assistant", "content": reply})
+        messages.append(_turn("assistant", record.answer or "", False, multimodal))
     return messages
+
+
+def _plain_prompt(record: Record, image_token: str | None) -> str:
+    """The prompt without a chat template: one line per earlier turn, then the text; the
+    image token goes before the text of the turn that shows the image."""
+    parts = [(t.text, t.image) for t in record.history]
+    parts.append((record.text, record.image is not None and not record.image_in_history))
+    shown = [f"{image_token} {text}" if image and image_token else text for text, image in parts]
+    return "\n".join(shown)
 
 
 def _prompt_text(processor: Any, record: Record, with_answer: bool) -> tuple[str, str]:
@@ -203,10 +92,7 @@ def _prompt_text(processor: Any, record: Record, with_answer: bool) -> tuple[str
         if full.startswith(prompt):
             return full, full[len(prompt) :]
         return prompt + (record.answer or ""), record.answer or ""  # template rewrote history
-    prompt = record.text
-    image_token = getattr(processor, "image_token", None)
-    if record.image is not None and image_token:
-        prompt = f"{image_token} {prompt}"
+    prompt = _plain_prompt(record, getattr(processor, "image_token", None))
     if not with_answer:
         return prompt, ""
     answer = " " + (record.answer or "")
@@ -321,7 +207,8 @@ def _sequence_keys(batch: dict[str, Any], length: int) -> list[str]:
     ]
 
 
-def _image_token_ids(processor: Any) -> list[int]:
+def image_token_ids(processor: Any) -> list[int]:
+    """The token ids that stand for image features in this processor's prompts."""
     ids = []
     for attr in ("image_token_id", "image_token_index"):
         value = getattr(processor, attr, None)
@@ -378,7 +265,7 @@ def _truncate(
     full = batch["input_ids"]
     for key in _sequence_keys(batch, full.shape[1]):
         batch[key] = batch[key][:, :max_length].contiguous()
-    for token_id in _image_token_ids(processor):
+    for token_id in image_token_ids(processor):
         before = (full == token_id).sum(dim=1)
         after = (batch["input_ids"] == token_id).sum(dim=1)
         for row in range(len(records)):
