@@ -121,7 +121,7 @@ def _synthetic_samples(
         return [Sample(words, np.ones_like(words), None)]
     extra: dict[str, np.ndarray] = {}
     vision: Any = model.config.vision_config  # type: ignore[union-attr]
-    if arch.pixel_ndim == 2:  # Qwen-VL: a 4x4 grid of merged patches, or what the processor makes
+    if arch.pixel_ndim == 2:  # Qwen-VL: an image of 4x4 merged patches (the processor may resize)
         side = 4 * vision.patch_size * vision.spatial_merge_size
         size = (side, side)
     else:
@@ -129,7 +129,7 @@ def _synthetic_samples(
     processed = processor_pixels(processor, size)
     if processed is not None:
         pixels, extra = processed
-    elif arch.pixel_ndim == 2:
+    elif arch.pixel_ndim == 2:  # no processor: random patches on a grid of 2x2 merged patches
         grid = np.array([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]])
         dim = 3 * vision.temporal_patch_size * vision.patch_size**2
         pixels = rng.standard_normal((int(grid.prod()), dim)).astype(np.float32)
@@ -325,7 +325,11 @@ def _quantize(paths: dict[str, Path]) -> None:
             + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
             > 2**31 - 2**20
         )
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, use_external_data_format=big)
+        try:
+            quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, use_external_data_format=big)
+        except Exception as err:  # onnxruntime's quantizer: name the graph, not a trace
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BuildError(f"int8 quantization of {path.name} failed: {reason}") from err
         for old in path.parent.glob(path.name + "*"):
             old.unlink()
         tmp.rename(path)
@@ -403,9 +407,8 @@ def verify_artifact(
             f"images are not the exported size {manifest.image_size} (the runner resizes "
             "every image to it)",
         )
-    paths = {role: out_dir / graph.file for role, graph in manifest.graphs.items()}
     try:
-        report = _verify(model, processor, arch, out_dir, target, paths, usable)
+        report = _verify(model, processor, arch, out_dir, target, manifest, usable)
     except GraphRunError as err:
         raise BuildError(
             f"checking the {model_type} ONNX artifact failed: {err}; nothing was published"
@@ -419,15 +422,14 @@ def _verify(
     arch: OnnxArch,
     out_dir: Path,
     target: TargetSpec,
-    paths: dict[str, Path],
+    manifest: Manifest,
     samples: list[Sample],
 ) -> OnnxReport:
-    manifest = Manifest.read(out_dir)
     preprocess = runner_preprocess_diff(processor, out_dir, manifest) if arch.vision else None
     diffs, tolerance, float_logits = _float_parity(model, out_dir, arch, samples)
     int8_diff = int8_top1 = None
     if target.quantize == "int8":
-        _quantize(paths)
+        _quantize({role: out_dir / graph.file for role, graph in manifest.graphs.items()})
         gen = OnnxGenerator(out_dir, threads=1)
         int8_diff, int8_top1 = 0.0, 1.0
         for sample, ref in zip(samples, float_logits, strict=True):
@@ -439,7 +441,7 @@ def _verify(
     gen = OnnxGenerator(out_dir, threads=1)
     agreement = greedy_agreement(model, gen, samples[0], GREEDY_TOKENS)
     return OnnxReport(
-        graphs=Manifest.read(out_dir).graphs,
+        graphs=manifest.graphs,
         max_abs_diff=diffs,
         tolerance=tolerance,
         greedy_token_agreement=agreement,

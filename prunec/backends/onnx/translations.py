@@ -40,12 +40,12 @@ _TORCH_DTYPES: dict[ir.DataType, torch.dtype] = {
 }
 
 
-def _is_integral(value: Any) -> bool:
-    if isinstance(value, (bool, int)):
-        return True
-    if isinstance(value, float):
-        return False
-    return bool(value.dtype.is_integer())
+def _integral(value: Any) -> bool | None:
+    """Whether an arange bound is an integer (None: a graph value of unknown type)."""
+    if isinstance(value, (bool, int, float)):
+        return not isinstance(value, float)
+    dtype = getattr(value, "dtype", None)
+    return None if dtype is None else bool(dtype.is_integer())
 
 
 def arange_start_step(
@@ -63,9 +63,11 @@ def arange_start_step(
     if static and (dtype == -1 or torch_dtype is not None):
         values = torch.arange(start, end, step, dtype=torch_dtype)
         return op.Constant(value=ir.tensor(values))
-    integral_args = all(_is_integral(v) for v in (start, end, step))
+    kinds = [_integral(v) for v in (start, end, step)]
     floating_out = dtype == -1 or ir.DataType(dtype).is_floating_point()
-    if integral_args or not floating_out:
+    if None in kinds or all(kinds) or not floating_out:
+        # integer bounds are exact in the stock translation; values of unknown type and
+        # integer results of symbolic float bounds are left to it as well
         return aten_arange_start_step(start, end, step, dtype)
     bounds = [op.Cast(v, to=ir.DataType.DOUBLE) for v in (start, end, step)]
     out = ir.DataType.FLOAT if dtype == -1 else ir.DataType(dtype)
