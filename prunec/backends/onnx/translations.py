@@ -9,8 +9,8 @@ two lengths differ whenever the float32 rounding lands on the other side of an i
 `torch.arange(1 / 6, 1.0, 1 / 6)` has 6 elements in PyTorch and 5 in the graph. Idefics3's
 vision embeddings build their position buckets exactly like that (`1 / num_patches_per_side`
 steps), and the traced `bucketize` keeps torch's length (6) as its search bound, so
-onnxruntime indexes past the 5-element constant: "GatherND ... invalid index" for every
-tower with 3, 6, 7, 12, ... patches per side. Here bounds known at export time are
+onnxruntime indexes past the 5-element constant: "GatherND ... invalid index" for towers
+with 3, 6, 7, 14, 19, 24, 27, 28, ... patches per side. Here bounds known at export time are
 evaluated by torch itself (the graph gets torch's exact values as a constant), and
 symbolic ones use a float64 `Range`, which has torch's length and values.
 """
