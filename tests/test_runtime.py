@@ -131,3 +131,34 @@ def test_patchify_matches_the_qwen2_vl_image_processor(tiny_model: Callable[...,
     got = preprocess_for(manifest, image, load_image_config(directory))
     assert expected["image_grid_thw"].tolist() == [[1, 4, 4]]
     np.testing.assert_allclose(got, expected["pixel_values"], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(48, 48), (50, 40), (37, 64), (200, 90), (33, 97)])
+@pytest.mark.parametrize(("longest", "square"), [(48, 48), (96, 48), (64, 40)])
+def test_preprocess_matches_idefics3_without_splitting(
+    tmp_path: Path, size: tuple[int, int], longest: int, square: int
+) -> None:
+    """Idefics3 resizes the longest edge to `size`, then squares the image to
+    `max_image_size` (the vision encoder's input), whatever the aspect ratio."""
+    from transformers import Idefics3ImageProcessorPil
+
+    processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": longest},
+        max_image_size={"longest_edge": square},
+        do_image_splitting=False,
+    )
+    processor.save_pretrained(tmp_path)
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    expected = processor(images=image, return_tensors="np")["pixel_values"]
+    got = preprocess(image, load_image_config(tmp_path))
+    assert expected.shape == (1, 1, 3, square, square) and got.shape == (1, 3, square, square)
+    np.testing.assert_allclose(got, expected[0], atol=1e-5)
+
+
+def test_preprocess_refuses_image_splitting(tmp_path: Path) -> None:
+    from transformers import Idefics3ImageProcessorPil
+
+    Idefics3ImageProcessorPil(do_image_splitting=True).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="do_image_splitting"):
+        preprocess(sample_image(), load_image_config(tmp_path))

@@ -87,7 +87,10 @@ class TinySpec:
     image_placeholder: the text the chat template writes for an image (None = text model).
     image_processor: (class name, kwargs) of the image processor, or None.
     processor: (class name, kwargs) of the processor, or None (text models use the tokenizer).
-    image_size: the sample image's side in pixels.
+    image_size: the sample image's side in pixels, or its (height, width).
+    dense_init: re-draw the parameters the HF initialiser leaves at zero (Gemma 3's
+        multimodal projection is one: its image features would all be 0, and a parity check
+        against 0 cannot fail).
     """
 
     config: Callable[[int], Any]
@@ -96,8 +99,9 @@ class TinySpec:
     image_placeholder: str | None = None
     image_processor: tuple[str, dict[str, Any]] | None = None
     processor: tuple[str, dict[str, Any]] | None = None
-    image_size: int = 32
+    image_size: int | tuple[int, int] = 32
     extra_tokenizer: dict[str, Any] = field(default_factory=dict)
+    dense_init: bool = False
 
 
 def _tid(spec: TinySpec, token: str) -> int:
@@ -555,9 +559,17 @@ TOKENIZER_FILES = (
 
 
 def build_tiny(
-    model_type: str, out_dir: Path, *, num_layers: int = 6, seed: int = 0, tokenizer: bool = True
+    model_type: str,
+    out_dir: Path,
+    *,
+    num_layers: int = 6,
+    seed: int = 0,
+    spec: TinySpec | None = None,
+    tokenizer: bool = True,
 ) -> Path:
     """Build a tiny random `model_type` model and save it with its processor to `out_dir`.
+
+    spec: a variant of SPECS[model_type] (see `vision_variant`); the default spec otherwise.
 
     tokenizer=False leaves out the tokenizer files, chat template included (image processor
     and processor configs stay), like a checkpoint saved without its tokenizer.
@@ -565,10 +577,15 @@ def build_tiny(
     import torch
     import transformers
 
-    spec = SPECS[model_type]
+    spec = spec or SPECS[model_type]
     config = spec.config(num_layers)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).eval()
+    if spec.dense_init:
+        with torch.no_grad():
+            for param in model.parameters():
+                if not param.any():
+                    param.normal_(0.0, 0.5)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -581,12 +598,13 @@ def build_tiny(
     return out_dir
 
 
-def sample_image(size: int = 32, seed: int = 0) -> Any:
-    """A small deterministic RGB PIL image."""
+def sample_image(size: int | tuple[int, int] = 32, seed: int = 0) -> Any:
+    """A small deterministic RGB PIL image, `size` pixels square or (height, width)."""
     from PIL import Image
 
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), "RGB")
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), "RGB")
 
 
 def load_processor(model_type: str, path: Path) -> Any:
@@ -629,10 +647,17 @@ class ShimProcessor:
         rows[-1][-1] = "[IMG_END]"
         return text.replace("[IMG]", " ".join(t for row in rows for t in row), 1)
 
-    def __call__(self, text: str, images: Any = None, return_tensors: str = "pt") -> dict[str, Any]:
+    def __call__(
+        self,
+        text: str,
+        images: Any = None,
+        return_tensors: str = "pt",
+        images_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if images is not None:
-            out = dict(self.image_processor(images=images, return_tensors=return_tensors))
+            kwargs = images_kwargs or {}
+            out = dict(self.image_processor(images=images, return_tensors=return_tensors, **kwargs))
             text = self._expand(text, out)
         out.update(self.tokenizer(text, return_tensors=return_tensors))
         if images is not None and self.kind == "qwen":
@@ -645,13 +670,16 @@ class ShimProcessor:
         return str(self.tokenizer.apply_chat_template(messages, **{**kw, "tokenize": False}))
 
 
-def sample_inputs(model_type: str, processor: Any, with_image: bool = True) -> dict[str, Any]:
+def sample_inputs(
+    model_type: str, processor: Any, with_image: bool = True, spec: TinySpec | None = None
+) -> dict[str, Any]:
     """Valid forward inputs (a batch of one) for a tiny `model_type` model.
 
     `processor` is what `load_processor` (or prunec's `load_model`) returned for the model; for
     the Qwen-VL family a bare tokenizer is also accepted when `with_image` is False.
+    spec: the variant the model was built from (its sample image size), if not the default.
     """
-    spec = SPECS[model_type]
+    spec = spec or SPECS[model_type]
     text = "what is in this image ? two plus three equals"
     is_vlm = spec.image_placeholder is not None
     if not (is_vlm and with_image):
@@ -676,3 +704,143 @@ def sample_inputs(model_type: str, processor: Any, with_image: bool = True) -> d
     ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return dict(processor(text=prompt, images=image, return_tensors="pt"))
+
+
+# --- vision geometry variants ----------------------------------------------------------------
+
+#: The knobs `vision_variant` understands, per family (names as in the HF configs).
+VISION_KNOBS: dict[str, tuple[str, ...]] = {
+    "llava": (
+        "image_size",
+        "patch_size",
+        "vision_feature_select_strategy",
+        "vision_feature_layer",
+    ),
+    "idefics3": ("image_size", "patch_size", "scale_factor", "processor_image_size"),
+    "gemma3": ("image_size", "patch_size", "mm_tokens_per_image"),
+    "qwen2_vl": ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size"),
+    "qwen2_5_vl": (
+        "image_size",
+        "patch_size",
+        "spatial_merge_size",
+        "temporal_patch_size",
+        "window_size",
+    ),
+    "qwen3_vl": (
+        "image_size",
+        "patch_size",
+        "spatial_merge_size",
+        "temporal_patch_size",
+        "num_position_embeddings",
+    ),
+}
+
+
+def vision_variant(model_type: str, **knobs: Any) -> TinySpec:
+    """SPECS[model_type] with another vision geometry; config and processor kept consistent.
+
+    image_size: the vision tower's input side (Qwen-VL: the sample image's (height, width),
+    multiples of patch_size * spatial_merge_size; the processor is pinned to that many
+    pixels). Idefics3's `processor_image_size` lets the processor produce a smaller image
+    than the tower's `image_size` (the tower then interpolates its position buckets).
+    The other knobs are the HF config attributes of the same name.
+    """
+    from dataclasses import replace
+
+    unknown = set(knobs) - set(VISION_KNOBS[model_type])
+    if unknown:
+        raise TypeError(f"{model_type} has no vision knob {sorted(unknown)}")
+    base = SPECS[model_type]
+    if model_type.startswith("qwen"):
+        return _qwen_variant(base, model_type, knobs)
+    size = int(knobs.get("image_size", 32))
+    patch = int(knobs.get("patch_size", 8))
+    vision = {"image_size": size, "patch_size": patch}
+    top: dict[str, Any] = {}
+    assert base.image_processor is not None and base.processor is not None
+    ip_name, ip_kw = base.image_processor
+    proc_name, proc_kw = base.processor
+    if model_type == "llava":
+        strategy = knobs.get("vision_feature_select_strategy", "full")
+        top = {
+            "vision_feature_select_strategy": strategy,
+            "vision_feature_layer": knobs.get("vision_feature_layer", -1),
+        }
+        ip_kw = {**ip_kw, "size": {"shortest_edge": size}, "crop_size": _square(size)}
+        proc_kw = {**proc_kw, "patch_size": patch, "vision_feature_select_strategy": strategy}
+    elif model_type == "idefics3":
+        scale = int(knobs.get("scale_factor", 2))
+        shown = int(knobs.get("processor_image_size", size))
+        top = {"scale_factor": scale}
+        edge = {"longest_edge": shown}
+        ip_kw = {**ip_kw, "size": edge, "max_image_size": edge}
+        proc_kw = {**proc_kw, "image_seq_len": (shown // patch) ** 2 // scale**2}
+        size = shown
+    elif model_type == "gemma3":
+        tokens = int(knobs.get("mm_tokens_per_image", 4))
+        top = {"mm_tokens_per_image": tokens}
+        ip_kw = {**ip_kw, "size": _square(size)}
+        proc_kw = {**proc_kw, "image_seq_length": tokens}
+    return replace(
+        base,
+        config=_reconfigured(base.config, vision, top),
+        image_processor=(ip_name, ip_kw),
+        processor=(proc_name, proc_kw),
+        image_size=size,
+        dense_init=True,
+    )
+
+
+def _square(size: int) -> dict[str, int]:
+    return {"height": size, "width": size}
+
+
+def _reconfigured(
+    build: Callable[[int], Any], vision: dict[str, Any], top: dict[str, Any]
+) -> Callable[[int], Any]:
+    def config(n: int) -> Any:
+        out = build(n)
+        for key, value in vision.items():
+            setattr(out.vision_config, key, value)
+        for key, value in top.items():
+            setattr(out, key, value)
+        return out
+
+    return config
+
+
+def _qwen_variant(base: TinySpec, model_type: str, knobs: dict[str, Any]) -> TinySpec:
+    from dataclasses import replace
+
+    size = knobs.get("image_size", 32)
+    height, width = (size, size) if isinstance(size, int) else size
+    patch = int(knobs.get("patch_size", 8))
+    merge = int(knobs.get("spatial_merge_size", 2))
+    temporal = int(knobs.get("temporal_patch_size", 2))
+    factor = patch * merge
+    if height % factor or width % factor:
+        raise ValueError(f"image {height}x{width} is not a multiple of {factor}")
+    vision: dict[str, Any] = {
+        "patch_size": patch,
+        "spatial_merge_size": merge,
+        "temporal_patch_size": temporal,
+    }
+    for key in ("window_size", "num_position_embeddings"):
+        if key in knobs:
+            vision[key] = int(knobs[key])
+    pixels = height * width
+    ip_kw = dict(
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=temporal,
+        min_pixels=pixels,
+        max_pixels=pixels,
+    )
+    assert base.image_processor is not None
+    return replace(
+        base,
+        config=_reconfigured(base.config, vision, {}),
+        image_processor=(base.image_processor[0], ip_kw),
+        image_size=(height, width),
+        dense_init=True,
+    )

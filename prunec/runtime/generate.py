@@ -12,7 +12,7 @@ from prunec.runtime.manifest import Manifest
 from prunec.runtime.positions import mrope_positions, positions_from_mask
 
 __all__ = ["GenerationResult", "OnnxGenerator", "positions_from_mask"]
-from prunec.runtime.session import make_session
+from prunec.runtime.session import make_session, run_graph
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,14 @@ class OnnxGenerator:
     def __init__(self, directory: Path, threads: int | None = None):
         self.directory = Path(directory)
         self.manifest = Manifest.read(self.directory)
-        self.sessions = {
-            role: make_session(self.directory / graph.file, threads)
-            for role, graph in self.manifest.graphs.items()
-        }
+        self.paths = {role: self.directory / g.file for role, g in self.manifest.graphs.items()}
+        self.sessions = {role: make_session(path, threads) for role, path in self.paths.items()}
 
     # --- single graphs ---------------------------------------------------------------------
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids, dtype=np.int64)
-        return self.sessions["embed_tokens"].run(None, {"input_ids": ids})[0]  # type: ignore[no-any-return]
+        return self._run("embed_tokens", {"input_ids": ids})[0]
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         """Features [images, tokens, hidden] projected into the text embedding space."""
@@ -54,7 +52,6 @@ class OnnxGenerator:
         if "vision_encoder" not in self.sessions:
             raise ValueError(f"this {self.manifest.model_type} artifact has no vision graph")
         pixels = np.asarray(pixel_values, dtype=np.float32)
-        session = self.sessions["vision_encoder"]
         shape = self.manifest.pixel_values_shape
         if shape is not None and len(shape) == 5 and pixels.ndim == 4:
             pixels = pixels[:, None]  # an images axis (Idefics3), one image per call
@@ -66,11 +63,14 @@ class OnnxGenerator:
             if shape is not None and len(shape) == 2
             else (lambda i: pixels[i : i + 1])
         )
-        runs = [session.run(None, {"pixel_values": one(i)}) for i in range(len(pixels))]
+        runs = [self._run("vision_encoder", {"pixel_values": one(i)}) for i in range(len(pixels))]
         outputs = [np.concatenate([run[0] for run in runs], axis=0)]
         if len(runs[0]) > 1:  # deepstack features [layers, tokens, hidden]: tokens axis
             outputs.append(np.concatenate([run[1] for run in runs], axis=1))
         return outputs
+
+    def _run(self, role: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return run_graph(self.sessions[role], self.paths[role], feed)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         m = self.manifest
@@ -118,7 +118,7 @@ class OnnxGenerator:
             for i in range(self.manifest.num_layers):
                 feed[f"past_key_values.{i}.key"] = past[2 * i]
                 feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
-        logits, *present = self.sessions["decoder"].run(None, feed)
+        logits, *present = self._run("decoder", feed)
         return logits, present
 
     # --- prompt assembly -------------------------------------------------------------------

@@ -24,12 +24,20 @@ def load_image_config(directory: Path) -> dict[str, Any]:
 
 
 def _resize_size(size: dict[str, int], width: int, height: int) -> tuple[int, int]:
-    """Target (width, height): fixed, or shortest edge scaled keeping the aspect ratio."""
+    """Target (width, height): fixed, longest edge or shortest edge, keeping the aspect ratio.
+
+    `longest_edge` follows the Idefics3 image processor (the only covered one using it): the
+    short side is truncated, then rounded up to an even number.
+    """
     if "height" in size and "width" in size:
         return size["width"], size["height"]
     if "longest_edge" in size:
-        scale = size["longest_edge"] / max(width, height)
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        longest = size["longest_edge"]
+        if width >= height:
+            short = int(longest / (width / height))
+            return longest, max(1, short + short % 2)
+        short = int(longest * (width / height))
+        return max(1, short + short % 2), longest
     short = size["shortest_edge"]
     if width <= height:
         return short, int(short * height / width)
@@ -52,10 +60,17 @@ def preprocess(
     """
     if config.get("do_convert_rgb", True):
         image = image.convert("RGB")
+    if config.get("do_image_splitting"):
+        raise ValueError("image splitting (do_image_splitting) is not supported by the runner")
     if config.get("do_resize", True):
         target = _resize_size(config["size"], image.width, image.height)
         resample = Image.Resampling(config.get("resample", Image.Resampling.BICUBIC))
         image = image.resize(target, resample=resample)
+        if "max_image_size" in config:
+            # Idefics3 without image splitting: the resized image is then squared to the
+            # vision encoder's size (a second resize, as the processor does)
+            side = int(config["max_image_size"]["longest_edge"])
+            image = image.resize((side, side), resample=resample)
     array = np.asarray(image, dtype=np.float32)
     if config.get("do_center_crop", False):
         crop = config["crop_size"]

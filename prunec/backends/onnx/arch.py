@@ -28,6 +28,9 @@ class OnnxArch:
     fixed_grid: export the vision tower with TorchScript tracing at the sample's image grid.
         torch.export cannot trace Qwen2-VL towers (data-dependent splits by grid); tracing
         bakes the grid in, which is exact because the runner resizes every image to it.
+    unsupported_image_options: (image-processor attribute, what it does) pairs that must be
+        off: they turn one image into several inputs, which the one-image vision graph and
+        the runner do not reproduce.
     """
 
     vision: bool = False
@@ -36,6 +39,7 @@ class OnnxArch:
     token_type_ids: bool = False
     pixel_ndim: int = 4
     fixed_grid: bool = False
+    unsupported_image_options: tuple[tuple[str, str], ...] = ()
 
 
 #: model_type -> layout. A new family is a new entry once its parity tests pass.
@@ -45,8 +49,20 @@ ARCHITECTURES: dict[str, OnnxArch] = {
     "qwen2": OnnxArch(),
     "qwen3": OnnxArch(),
     "llava": OnnxArch(vision=True, image_token_attr="image_token_id"),
-    "idefics3": OnnxArch(vision=True, image_token_attr="image_token_id", pixel_ndim=5),
-    "gemma3": OnnxArch(vision=True, image_token_attr="image_token_id", token_type_ids=True),
+    "idefics3": OnnxArch(
+        vision=True,
+        image_token_attr="image_token_id",
+        pixel_ndim=5,
+        unsupported_image_options=(
+            ("do_image_splitting", "image splitting: several tiles plus a global image"),
+        ),
+    ),
+    "gemma3": OnnxArch(
+        vision=True,
+        image_token_attr="image_token_id",
+        token_type_ids=True,
+        unsupported_image_options=(("do_pan_and_scan", "pan-and-scan: several crops per image"),),
+    ),
     "qwen2_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
     "qwen2_5_vl": OnnxArch(vision=True, positions="mrope", pixel_ndim=2, fixed_grid=True),
     # deepstack: the vision graph's per-layer features go to the decoder as a dense input

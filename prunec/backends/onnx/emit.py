@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,18 @@ from prunec.backends.onnx.parity import (
     vision_reference,
 )
 from prunec.backends.onnx.report import OnnxReport
+from prunec.backends.onnx.vision import (
+    check_geometry,
+    check_image_processor,
+    image_size,
+    matches_export,
+    processor_pixels,
+    runner_preprocess_diff,
+)
 from prunec.errors import BuildError
 from prunec.runtime.generate import OnnxGenerator
 from prunec.runtime.manifest import GraphSpec, Manifest, TensorSpec
+from prunec.runtime.session import GraphRunError
 
 #: Float32 parity bound: absolute, widened for models whose logits are large.
 BASE_TOLERANCE = 1e-3
@@ -95,37 +105,40 @@ def _image_sample(samples: Sequence[Sample]) -> Sample:
     return next(s for s in samples if s.pixel_values is not None)
 
 
-def _image_size(model: nn.Module, samples: Sequence[Sample]) -> tuple[int, int]:
-    for sample in samples:
-        if "image_grid_thw" in sample.extra:  # flattened patches: the grid gives the size
-            _, h, w = (int(v) for v in sample.extra["image_grid_thw"][0])
-            patch = int(model.config.vision_config.patch_size)  # type: ignore[union-attr,arg-type]
-            return h * patch, w * patch
-        if sample.pixel_values is not None:
-            return int(sample.pixel_values.shape[-2]), int(sample.pixel_values.shape[-1])
-    size = model.config.vision_config.image_size  # type: ignore[union-attr]
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))  # type: ignore[index]
+def _synthetic_samples(
+    model: nn.Module, arch: OnnxArch, layout: ex.KvLayout, processor: Any | None
+) -> list[Sample]:
+    """A small deterministic prompt (with one image for VLMs) when no calibration data is given.
 
-
-def _synthetic_samples(model: nn.Module, arch: OnnxArch, layout: ex.KvLayout) -> list[Sample]:
-    """A small deterministic prompt (with one image for VLMs) when no calibration data is given."""
+    The image goes through the model's image processor when there is one, so the vision
+    graph is exported at the size the processor produces (which need not be the vision
+    config's image_size: Idefics3's max_image_size, for one).
+    """
     rng = np.random.default_rng(0)
     low = 8  # skip the special and image-placeholder ids at the start of the vocabulary
     words = rng.integers(low, layout.vocab_size, size=(1, 10))
     if not arch.vision:
         return [Sample(words, np.ones_like(words), None)]
     extra: dict[str, np.ndarray] = {}
-    if arch.pixel_ndim == 2:  # Qwen2-VL: a 4x4 patch grid, flattened patches
-        vision: Any = model.config.vision_config  # type: ignore[union-attr]
+    vision: Any = model.config.vision_config  # type: ignore[union-attr]
+    if arch.pixel_ndim == 2:  # Qwen-VL: an image of 4x4 merged patches (the processor may resize)
+        side = 4 * vision.patch_size * vision.spatial_merge_size
+        size = (side, side)
+    else:
+        size = image_size(model, [])
+    processed = processor_pixels(processor, size)
+    if processed is not None:
+        pixels, extra = processed
+    elif arch.pixel_ndim == 2:  # no processor: random patches on a grid of 2x2 merged patches
         grid = np.array([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]])
         dim = 3 * vision.temporal_patch_size * vision.patch_size**2
         pixels = rng.standard_normal((int(grid.prod()), dim)).astype(np.float32)
         extra["image_grid_thw"] = grid
     else:
-        height, width = _image_size(model, [])
-        shape = (1, 3, height, width) if arch.pixel_ndim == 4 else (1, 1, 3, height, width)
+        shape = (1, 3, *size) if arch.pixel_ndim == 4 else (1, 1, 3, *size)
         pixels = rng.standard_normal(shape).astype(np.float32)
     probe = Sample(words, np.ones_like(words), pixels, extra)
+    check_geometry(model, probe)
     count = vision_reference(model, probe)[0].shape[1]
     slots = np.full((1, count), _image_token_id(model, arch))
     ids = np.concatenate([words[:, :3], slots, words[:, 3:]], axis=1).astype(np.int64)
@@ -141,6 +154,17 @@ def _float32(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval()
 
 
+def export_vision(model: nn.Module, arch: OnnxArch, sample: Sample, path: Path, opset: int) -> None:
+    """The vision graph for one image shaped like `sample`'s (see docs/onnx.md)."""
+    assert sample.pixel_values is not None
+    pixels = torch.from_numpy(sample.pixel_values)
+    if arch.fixed_grid:
+        grid = torch.from_numpy(sample.extra["image_grid_thw"][0])
+        ex.export_vision_fixed_grid(model, pixels, grid, path, opset)
+    else:
+        ex.export_vision(model, pixels, path, opset)
+
+
 def _export_all(
     model: nn.Module, arch: OnnxArch, out_dir: Path, target: OnnxOptions, samples: list[Sample]
 ) -> dict[str, Path]:
@@ -149,14 +173,7 @@ def _export_all(
     ex.export_embed(model, paths["embed_tokens"], target.opset)
     if arch.vision:
         paths["vision_encoder"] = out_dir / ex.VISION_FILE
-        sample = _image_sample(samples)
-        assert sample.pixel_values is not None
-        pixels = torch.from_numpy(sample.pixel_values)
-        if arch.fixed_grid:
-            grid = torch.from_numpy(sample.extra["image_grid_thw"][0])
-            ex.export_vision_fixed_grid(model, pixels, grid, paths["vision_encoder"], target.opset)
-        else:
-            ex.export_vision(model, pixels, paths["vision_encoder"], target.opset)
+        export_vision(model, arch, _image_sample(samples), paths["vision_encoder"], target.opset)
     paths["decoder"] = out_dir / (ex.DECODER_FILE if target.kv_cache else ex.DECODER_NO_CACHE_FILE)
     ex.export_decoder(
         model,
@@ -206,7 +223,7 @@ def _write_manifest(
             "extra": extra,
             "image_token_id": _image_token_id(model, arch),
             "image_tokens_per_image": int(count),
-            "image_size": _image_size(model, samples),
+            "image_size": image_size(model, samples),
             "pixel_values_shape": tuple(pixels.shape)
             if pixels.ndim == 2
             else (1, *pixels.shape[1:]),
@@ -308,7 +325,11 @@ def _quantize(paths: dict[str, Path]) -> None:
             + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
             > 2**31 - 2**20
         )
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, use_external_data_format=big)
+        try:
+            quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, use_external_data_format=big)
+        except Exception as err:  # onnxruntime's quantizer: name the graph, not a trace
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BuildError(f"int8 quantization of {path.name} failed: {reason}") from err
         for old in path.parent.glob(path.name + "*"):
             old.unlink()
         tmp.rename(path)
@@ -325,18 +346,25 @@ def emit_onnx(
 ) -> OnnxReport:
     """Write the ONNX artifact for `model` into `out_dir` and verify it against PyTorch.
 
-    Raises BuildError for an unsupported architecture (before any work), a graph that fails
-    onnx.checker, or float32 parity beyond tolerance. `out_dir` is a staging directory.
+    Raises BuildError for an unsupported architecture or image-processor option (before any
+    work), an image the model's shapes cannot divide, a graph that fails onnx.checker or
+    onnxruntime, float32 parity beyond tolerance, or runner preprocessing that does not
+    reproduce the image processor. `out_dir` is a staging directory.
     """
     start = time.perf_counter()
-    arch = arch_for(str(model.config.model_type))
+    model_type = str(model.config.model_type)
+    arch = arch_for(model_type)
+    if arch.vision:
+        check_image_processor(arch, processor, model_type)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _float32(model)
     layout = ex.kv_layout(model)
-    samples = [to_sample(s) for s in sample_inputs] or _synthetic_samples(model, arch, layout)
-    if arch.vision and not any(s.pixel_values is not None for s in samples):
-        samples += _synthetic_samples(model, arch, layout)
+    samples = [to_sample(s) for s in sample_inputs]
+    if not samples or (arch.vision and not any(s.pixel_values is not None for s in samples)):
+        samples += _synthetic_samples(model, arch, layout, processor)
+    if arch.vision:
+        check_geometry(model, _image_sample(samples))
     try:
         paths = _export_all(model, arch, out_dir, target, samples)
     except BuildError:
@@ -344,15 +372,64 @@ def emit_onnx(
     except Exception as err:  # exporter failures: name the model and the cause, not a trace
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise BuildError(
-            f"exporting {model.config.model_type} to ONNX failed: {type(err).__name__}: {first}"
+            f"exporting {model_type} to ONNX failed: {type(err).__name__}: {first}"
         ) from err
     _save_side_files(model, processor, out_dir)
     _write_manifest(model, processor, arch, out_dir, target, paths, samples)
+    report = verify_artifact(model, processor, out_dir, target=target, samples=samples)
+    return replace(report, seconds=time.perf_counter() - start)
 
+
+def verify_artifact(
+    model: nn.Module,
+    processor: Any | None,
+    out_dir: Path,
+    *,
+    target: OnnxOptions,
+    samples: Sequence[Sample],
+) -> OnnxReport:
+    """Check an artifact directory against `model` (float32): parity, int8, greedy, images.
+
+    Quantizes the graphs when `target.quantize` is int8 (after the float32 parity check).
+    Raises BuildError on parity beyond tolerance, runner preprocessing that does not
+    reproduce the image processor, or any onnxruntime failure (naming the graph file).
+    """
+    model_type = str(model.config.model_type)  # type: ignore[union-attr]
+    arch = arch_for(model_type)
+    manifest = Manifest.read(out_dir)
+    # the vision graph takes one image shape (Qwen-VL: one grid); calibration images of
+    # another shape cannot be fed to it as they are, so parity runs on the others
+    usable = [s for s in samples if matches_export(s, manifest)]
+    notes: tuple[str, ...] = ()
+    if len(usable) < len(samples):
+        notes = (
+            f"{len(samples) - len(usable)} of {len(samples)} parity samples skipped: their "
+            f"images are not the exported size {manifest.image_size} (the runner resizes "
+            "every image to it)",
+        )
+    try:
+        report = _verify(model, processor, arch, out_dir, target, manifest, usable)
+    except GraphRunError as err:
+        raise BuildError(
+            f"checking the {model_type} ONNX artifact failed: {err}; nothing was published"
+        ) from err
+    return replace(report, notes=notes)
+
+
+def _verify(
+    model: nn.Module,
+    processor: Any | None,
+    arch: OnnxArch,
+    out_dir: Path,
+    target: OnnxOptions,
+    manifest: Manifest,
+    samples: list[Sample],
+) -> OnnxReport:
+    preprocess = runner_preprocess_diff(processor, out_dir, manifest) if arch.vision else None
     diffs, tolerance, float_logits = _float_parity(model, out_dir, arch, samples)
     int8_diff = int8_top1 = None
     if target.quantize == "int8":
-        _quantize(paths)
+        _quantize({role: out_dir / graph.file for role, graph in manifest.graphs.items()})
         gen = OnnxGenerator(out_dir, threads=1)
         int8_diff, int8_top1 = 0.0, 1.0
         for sample, ref in zip(samples, float_logits, strict=True):
@@ -363,7 +440,6 @@ def emit_onnx(
             int8_top1 = min(int8_top1, top1_agreement(logits, ref, sample.attention_mask))
     gen = OnnxGenerator(out_dir, threads=1)
     agreement = greedy_agreement(model, gen, samples[0], GREEDY_TOKENS)
-    manifest = Manifest.read(out_dir)
     return OnnxReport(
         graphs=manifest.graphs,
         max_abs_diff=diffs,
@@ -371,7 +447,7 @@ def emit_onnx(
         greedy_token_agreement=agreement,
         int8_logit_max_abs_diff=int8_diff,
         int8_top1_agreement=int8_top1,
-        seconds=time.perf_counter() - start,
+        image_preprocess_max_abs_diff=preprocess,
     )
 
 

@@ -240,6 +240,8 @@ def _export(
 ) -> None:
     import onnx_ir as ir
 
+    from prunec.backends.onnx.translations import translation_table
+
     # transformers' torch-side input checks trace to aten._is_all_true, which dynamo cannot
     # export (see DESIGN.md); they guard user input, not graph semantics.
     os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
@@ -254,6 +256,7 @@ def _export(
             output_names=output_names,
             opset_version=opset,
             verbose=False,
+            custom_translation_table=translation_table(),
         )
     assert program is not None
     for value in program.model.graph.inputs:

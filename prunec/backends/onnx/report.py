@@ -22,7 +22,11 @@ class OnnxReport:
         measured on the published graphs (int8 ones when quantized).
     int8_logit_max_abs_diff / int8_top1_agreement: for `quantize int8`, how far the int8
         decoder's logits are from PyTorch's and how often their argmax agrees (None otherwise).
+    image_preprocess_max_abs_diff: VLMs: largest |runner - image processor| pixel value on
+        a non-square test image (the runner's numpy/Pillow preprocessing; the build fails
+        beyond `prunec.backends.onnx.vision.PREPROCESS_TOLERANCE`). None for text models.
     seconds: wall time of the whole emission (export, checks, parity, quantization).
+    notes: what the checks could not cover (e.g. calibration images of another size).
     """
 
     graphs: dict[str, GraphSpec]
@@ -31,6 +35,7 @@ class OnnxReport:
     greedy_token_agreement: float
     int8_logit_max_abs_diff: float | None = None
     int8_top1_agreement: float | None = None
+    image_preprocess_max_abs_diff: float | None = None
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -44,4 +49,7 @@ class OnnxReport:
             line += f"; int8 |Δlogit| {self.int8_logit_max_abs_diff:.3f}"
         if self.int8_top1_agreement is not None:
             line += f", top-1 {self.int8_top1_agreement:.0%}"
-        return f"{line}, {self.seconds:.1f}s"
+        if self.image_preprocess_max_abs_diff is not None:
+            line += f"; image preprocessing |Δ| {self.image_preprocess_max_abs_diff:.1e}"
+        notes = "".join(f"; note: {note}" for note in self.notes)
+        return f"{line}, {self.seconds:.1f}s{notes}"
