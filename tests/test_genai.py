@@ -184,6 +184,22 @@ def test_cli_build_writes_fp32_and_int4_folders(
     og.Model(str(tmp_path / "int4"))
 
 
+def test_cuda_folder_is_checked_on_cpu_when_no_cuda_is_here(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    from prunec import build
+
+    assert not og.is_cuda_available()
+    source = tiny_model("qwen3", num_layers=3, tokenizer="bpe")
+    spec = _spec(tmp_path, source, 'target genai "edge" { precision fp16  execution cuda }')
+    (result,) = build(spec, write_lock=False).targets
+    report: GenaiReport = result.report
+    assert (report.precision, report.execution, report.checked_on) == ("fp16", "cuda", "cpu")
+    assert report.agreement >= 0.5 and "checked on cpu" in report.summary()
+    decoder = json.loads((tmp_path / "edge" / "genai_config.json").read_text())["model"]["decoder"]
+    assert "cuda" in decoder["session_options"]["provider_options"][0]
+
+
 def test_int4_below_the_agreement_publishes_nothing(
     tiny_model: Any, tmp_path: Path, capsys: Any
 ) -> None:
@@ -212,20 +228,46 @@ def test_word_level_tokenizer_fails_with_the_reason(
     assert not (tmp_path / "edge").exists()
 
 
-def test_check_rejects_an_unsupported_model_type_with_the_supported_list(
-    tmp_path: Path, capsys: Any
-) -> None:
+def _gemma3_vlm() -> Any:
     from tiny_models import SPECS
 
-    model = tmp_path / "gemma3"  # `check` reads config.json alone
+    return SPECS["gemma3"].config(4)
+
+
+def _llama_head_size_8() -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=64, num_attention_heads=8, num_hidden_layers=4)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            _gemma3_vlm,
+            "model type `gemma3` is not supported (onnxruntime-genai's Gemma 3 decoder attends "
+            "causally over image tokens, where transformers lets the tokens of one image attend "
+            "to each other both ways",
+        ),
+        (
+            _llama_head_size_8,
+            "onnxruntime's GroupQueryAttention takes head sizes that are multiples of 16; "
+            "this model's is 8",
+        ),
+    ],
+)
+def test_check_rejects_what_onnxruntime_genai_cannot_run(
+    config: Any, message: str, tmp_path: Path, capsys: Any
+) -> None:
+    model = tmp_path / "model"  # `check` reads config.json alone
     model.mkdir()
-    SPECS["gemma3"].config(4).save_pretrained(model)
+    config().save_pretrained(model)
     spec = _spec(tmp_path, model, 'target genai "edge"')
     assert _run("check", str(spec)) == ExitCode.SPEC
-    err = capsys.readouterr().err
-    assert "error[E309]: target genai: model type `gemma3` is not supported" in err, err
-    assert "the tokens of one image attend to each other both ways" in err  # the reason
-    assert "supported: " + ", ".join(sorted(GENAI_TYPES)) in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error[E309]: target genai: {message}" in err, err
+    if "gemma3" in message:
+        assert "supported: " + ", ".join(sorted(GENAI_TYPES)) in err
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,10 @@ NOT_SUPPORTED: dict[str, str] = {
 }
 
 
+#: The decoder's attention kernel (GroupQueryAttention) rejects other head sizes at run time.
+HEAD_SIZE_MULTIPLE = 16
+
+
 def builder_installed() -> bool:
     """Whether onnxruntime-genai is importable (checked without importing it)."""
     return importlib.util.find_spec("onnxruntime_genai") is not None
@@ -116,6 +120,12 @@ def unsupported_reason(config: Mapping[str, Any]) -> str | None:
     if entry is None:
         why = NOT_SUPPORTED.get(model_type, "onnxruntime-genai's model builder does not convert it")
         return f"model type `{model_type}` is not supported ({why}); supported: {supported}"
+    head_size = _head_size(config.get("text_config") or config)
+    if head_size is not None and head_size % HEAD_SIZE_MULTIPLE:
+        return (
+            f"onnxruntime's GroupQueryAttention takes head sizes that are multiples of "
+            f"{HEAD_SIZE_MULTIPLE}; this model's is {head_size}"
+        )
     architectures = config.get("architectures") or []
     if architectures and architectures[0] not in entry.architectures:
         wanted = " or ".join(entry.architectures)
@@ -123,6 +133,16 @@ def unsupported_reason(config: Mapping[str, Any]) -> str | None:
             f"architecture `{architectures[0]}` is not converted by onnxruntime-genai's "
             f"model builder (for `{model_type}` it converts {wanted})"
         )
+    return None
+
+
+def _head_size(text: Mapping[str, Any]) -> int | None:
+    head_dim = text.get("head_dim")
+    if isinstance(head_dim, int) and head_dim > 0:
+        return head_dim
+    hidden, heads = text.get("hidden_size"), text.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        return hidden // heads
     return None
 
 

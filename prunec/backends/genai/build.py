@@ -76,6 +76,11 @@ def run_builder(
     extra = ["hf_token=false"]  # a local folder: never ask the hub for credentials
     if exclude_embeds:
         extra.append("exclude_embeds=true")
+    if execution == "cuda":
+        # Q/K RMSNorm fused into GroupQueryAttention exists on CUDA only: kept as separate
+        # nodes, the same folder also runs on onnxruntime's CPU kernels, so it can be checked
+        # on a machine without a GPU (and is checked the same way on one).
+        extra.append("fuse_qk_norm_gqa=false")
     started = time.perf_counter()
     output = io.StringIO()
     args = (None, str(hf_dir), str(out_dir), precision, execution, str(cache_dir))

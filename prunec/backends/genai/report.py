@@ -51,13 +51,17 @@ class GenaiReport:
         images = f", {self.image_prompts} with an image" if self.image_prompts else ""
         line = (
             f"{self.genai_type} {self.precision}/{self.execution}: greedy {self.agreement:.0%} "
-            f"of {self.tokens} tokens over {self.prompts} prompts{images} "
+            f"of {self.tokens} tokens over {_count(self.prompts, 'prompt')}{images} "
             f"(needs {self.threshold:.0%}, checked on {self.checked_on}), "
             f"|Δlogit| {self.max_abs_logit_diff:.1e}, tokenizer parity on "
-            f"{self.tokenizer_prompts} texts"
+            f"{_count(self.tokenizer_prompts, 'text')}"
         )
         if self.chat_template_parity is False:
             line += ", chat template renders differently"
         for note in self.notes:
             line += f"; {note}"
         return f"{line}, {self.seconds:.1f}s"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
