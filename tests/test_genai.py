@@ -161,14 +161,22 @@ def test_cli_build_writes_fp32_and_int4_folders(
     tiny_model: Any, tmp_path: Path, capsys: Any
 ) -> None:
     source = tiny_model("llama", num_layers=3, tokenizer="bpe")
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text(
+        '{"text": "two plus three equals", "answer": "five"}\n'
+        '{"text": "how many red dots are there ?", "answer": "two"}\n'
+    )
     spec = _spec(
         tmp_path,
         source,
+        'domain d { data "calib.jsonl" }\n'
         'target genai "fp32"\ntarget genai "int4" { precision int4  execution cpu  agreement 0 }',
     )
     assert _run("build", str(spec), "--no-lock") == ExitCode.OK
     log = " ".join(capsys.readouterr().err.split())  # the build log, rich's line wraps undone
-    assert re.search(r"genai \S+fp32 llama fp32/cpu: greedy 100% of \d+ tokens", log), log
+    # the chat-rendered and the plain prompt, and both calibration samples
+    pattern = r"genai \S+fp32 llama fp32/cpu: greedy 100% of 64 tokens over 4 prompts"
+    assert re.search(pattern + r".* tokenizer parity on 4 texts", log), log
     assert re.search(r"genai \S+int4 llama int4/cpu: greedy \d+% of \d+ tokens", log), log
     for name in ("fp32", "int4"):
         files = {p.name for p in (tmp_path / name).iterdir()}

@@ -68,6 +68,10 @@ def load_model(folder: Path, execution: str) -> tuple[Any, str]:
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
+    # like `prunec run`: threads that wait instead of spinning leave the cores to the
+    # reference model (and to whatever else runs on a small build machine)
+    quiet = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": quiet}}}))
     checked_on = execution
     if execution == "cuda" and not og.is_cuda_available():
         config.clear_providers()  # same graphs, onnxruntime's CPU kernels

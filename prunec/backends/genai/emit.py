@@ -30,8 +30,9 @@ READABLE_TOKENIZERS = ("BPE", "Unigram")
 def emit_genai(job: EmitJob) -> GenaiReport:
     """Write the onnxruntime-genai folder for the pruned model into `job.staged`, check it.
 
-    Raises BuildError for an unsupported model or tokenizer (before any work), a builder
-    failure, or a folder that does not reproduce transformers (see `check.py`).
+    Raises BuildError for an unsupported model (before any work), a tokenizer onnxruntime-genai
+    cannot read, a builder or exporter failure, or a folder that does not reproduce
+    transformers (see `check.py`).
     """
     started = time.perf_counter()
     loaded = job.loaded
@@ -47,6 +48,7 @@ def emit_genai(job: EmitJob) -> GenaiReport:
     tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
     if tokenizer is None:
         raise BuildError("target genai needs the model's tokenizer (none was found)")
+    threshold = 1.0 if options.precision == "fp32" else options.agreement
     staged = Path(job.staged)
     scratch = staged / SCRATCH
     reference = _float32(model)
@@ -63,11 +65,7 @@ def emit_genai(job: EmitJob) -> GenaiReport:
         _check_tokenizer_kind(staged / "tokenizer.json")
         prompts = text_prompts(tokenizer, job.samples)
         if arch.vision:
-            from prunec.backends.genai.vision import add_vision
-
-            prompts += add_vision(
-                reference, loaded.processor, loaded.source_dir, staged, job.samples
-            )
+            prompts += _add_vision(reference, loaded, staged, job)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result = self_check(
@@ -77,7 +75,7 @@ def emit_genai(job: EmitJob) -> GenaiReport:
         prompts,
         execution=options.execution,
         precision=options.precision,
-        threshold=1.0 if options.precision == "fp32" else options.agreement,
+        threshold=threshold,
     )
     genai_config = json.loads((staged / "genai_config.json").read_text())
     return GenaiReport(
@@ -88,7 +86,7 @@ def emit_genai(job: EmitJob) -> GenaiReport:
         checked_on=result.checked_on,
         tokenizer_prompts=result.tokenizer_prompts,
         agreement=result.agreement,
-        threshold=1.0 if options.precision == "fp32" else options.agreement,
+        threshold=threshold,
         tokens=result.tokens,
         prompts=len(prompts),
         image_prompts=sum(p.has_image for p in prompts),
@@ -98,6 +96,21 @@ def emit_genai(job: EmitJob) -> GenaiReport:
         builder_seconds=run.seconds,
         notes=tuple(f"builder config: {change}" for change in run.adapted),
     )
+
+
+def _add_vision(reference: Any, loaded: LoadedModel, staged: Path, job: EmitJob) -> list[Prompt]:
+    from prunec.backends.genai.vision import add_vision
+
+    try:
+        return add_vision(reference, loaded.processor, loaded.source_dir, staged, job.samples)
+    except BuildError:
+        raise
+    except Exception as err:  # exporter failures: name the cause, not a trace
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise BuildError(
+            f"exporting the vision graphs for onnxruntime-genai failed: "
+            f"{type(err).__name__}: {first}"
+        ) from err
 
 
 def _check_tokenizer_kind(path: Path) -> None:

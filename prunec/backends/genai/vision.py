@@ -16,6 +16,7 @@ graph is exported here (it is onnxruntime-genai's layout, not prunec's).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,22 +135,18 @@ def _export_vision(model: Any, pixels: Any, grid: Any, path: Path) -> None:
     graph = graph_model.graph
     if len(graph.output) != 1:
         raise BuildError("the vision graph has deepstack outputs, which onnxruntime-genai ignores")
-    output = graph.output[0]
-    hidden = output.type.tensor_type.shape.dim[-1].dim_value
     # [1, tokens, hidden] -> [tokens, hidden]: onnxruntime-genai slices features per image
-    output.name, squeezed = "image_features_batched", "image_features"
+    name, batched = graph.output[0].name, "image_features_batched"
+    hidden = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     for node in graph.node:
-        node.output[:] = [
-            "image_features_batched" if o == "image_features" else o for o in node.output
-        ]
-    axes = onnx.helper.make_tensor("squeeze_axes", onnx.TensorProto.INT64, [1], [0])
-    graph.initializer.append(axes)
-    graph.node.append(
-        onnx.helper.make_node("Squeeze", ["image_features_batched", "squeeze_axes"], [squeezed])
+        node.output[:] = [batched if o == name else o for o in node.output]
+    graph.initializer.append(
+        onnx.helper.make_tensor("squeeze_axes", onnx.TensorProto.INT64, [1], [0])
     )
+    graph.node.append(onnx.helper.make_node("Squeeze", [batched, "squeeze_axes"], [name]))
     del graph.output[:]
     graph.output.append(
-        onnx.helper.make_tensor_value_info(squeezed, onnx.TensorProto.FLOAT, ["num_tokens", hidden])
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["num_tokens", hidden])
     )
     onnx.save(graph_model, str(path))
     onnx.checker.check_model(str(path))
@@ -179,7 +176,8 @@ def _export_embedding(model: Any, image_token_id: int, dtype: Any, path: Path) -
         "input_ids": {0: Dim("batch_size"), 1: Dim("sequence_length")},
         "image_features": {0: Dim("num_image_tokens")},
     }
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours
         program = torch.onnx.export(
             module,
             (ids, feats),
