@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_onnx.py
+	$(PY) benchmarks/bench_genai.py
 
 # Writes two random checkpoints of ~2 GB under a temporary directory.
 bench-streaming: $(STAMP)

@@ -22,14 +22,21 @@ from tiny_models import build_tiny
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """Factory: `tiny_model("llava", num_layers=6)` -> a saved tiny model dir, built once."""
-    cache: dict[tuple[str, int, int], Path] = {}
+    """Factory: `tiny_model("llava", num_layers=6)` -> a saved tiny model dir, built once.
 
-    def make(model_type: str, num_layers: int = 6, seed: int = 0) -> Path:
-        key = (model_type, num_layers, seed)
+    `tokenizer="bpe"` gives a byte-level BPE tokenizer (what onnxruntime-genai reads).
+    """
+    cache: dict[tuple[str, int, int, str], Path] = {}
+
+    def make(
+        model_type: str, num_layers: int = 6, seed: int = 0, tokenizer: str = "wordlevel"
+    ) -> Path:
+        key = (model_type, num_layers, seed, tokenizer)
         if key not in cache:
             out = tmp_path_factory.mktemp(f"tiny-{model_type}-{num_layers}")
-            cache[key] = build_tiny(model_type, out, num_layers=num_layers, seed=seed)
+            cache[key] = build_tiny(
+                model_type, out, num_layers=num_layers, seed=seed, tokenizer=tokenizer
+            )
         return cache[key]
 
     return make

@@ -55,7 +55,7 @@ def _no_tokenizer_model(model_type: str, out_dir: Path) -> Path:
     if model_type == "smolvlm":
         path = _build_smolvlm(out_dir)
     else:
-        path = build_tiny(model_type, out_dir, tokenizer=False)
+        path = build_tiny(model_type, out_dir, tokenizer=None)
     names = {p.name for p in path.iterdir()}
     assert not any(n.startswith(("tokenizer", "vocab", "chat_template")) for n in names), names
     return path

@@ -2,7 +2,8 @@
 
 `build_tiny(model_type, out_dir)` writes a randomly initialised model (safetensors) plus an
 offline tokenizer (a `tokenizers` WordLevel model whose image tokens sit at the ids the model
-config expects, with a chat template) and, for VLMs, the model's image processor, so that
+config expects, with a chat template; `tokenizer="bpe"` trains a byte-level BPE instead, which
+onnxruntime-genai's tokenizer can read) and, for VLMs, the model's image processor, so that
 `AutoProcessor.from_pretrained(out_dir)` (VLMs) or `AutoTokenizer.from_pretrained(out_dir)`
 (text models) works with no hub access. `sample_inputs` gives valid forward inputs.
 """
@@ -388,7 +389,8 @@ SPECS: dict[str, TinySpec] = {
     "mistral": TinySpec(_text_only("mistral", sliding_window=8), "MistralForCausalLM"),
     "qwen2": TinySpec(_qwen2_text, "Qwen2ForCausalLM"),
     "qwen3": TinySpec(_text_only("qwen3", head_dim=16), "Qwen3ForCausalLM"),
-    "phi3": TinySpec(_text_only("phi3"), "Phi3ForCausalLM"),
+    # original == max positions: a 4k Phi-3 (a smaller original length means LongRoPE scaling)
+    "phi3": TinySpec(_text_only("phi3", original_max_position_embeddings=512), "Phi3ForCausalLM"),
     "gemma2": TinySpec(_gemma2_text, "Gemma2ForCausalLM"),
     "gemma3_text": TinySpec(_gemma3_text, "Gemma3ForCausalLM"),
     "llava": TinySpec(
@@ -502,15 +504,46 @@ TINY_TYPES: tuple[str, ...] = tuple(SPECS)
 VLM_TYPES: tuple[str, ...] = tuple(t for t, s in SPECS.items() if s.image_placeholder is not None)
 
 
-def _make_tokenizer(spec: TinySpec) -> Any:
+def _word_level(spec: TinySpec) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     tokens = [*SPECIALS, *spec.image_tokens, *WORDS]
     assert len(tokens) <= VOCAB_SIZE, "grow VOCAB_SIZE"
     vocab = {tok: i for i, tok in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return backend
+
+
+def _byte_level_bpe(spec: TinySpec) -> Any:
+    """A byte-level BPE (GPT-2 / Llama 3 / Qwen style) trained on WORDS, specials first.
+
+    The alphabet is printable ASCII (the full 256 bytes would not fit in VOCAB_SIZE), so any
+    ASCII text tokenizes; merges fill the rest of the vocabulary. Training is deterministic.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    ascii_chars = [c for c in byte_chars if c.isascii() and c.isprintable()] + ["Ċ", "Ġ"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[*SPECIALS, *spec.image_tokens],
+        initial_alphabet=sorted(set(ascii_chars)),
+        show_progress=False,
+    )
+    sentences = [" ".join(WORDS), "what is in this image ? two plus three equals five ."]
+    backend.train_from_iterator(sentences * 4, trainer)
+    assert backend.get_vocab_size() <= VOCAB_SIZE
+    return backend
+
+
+def _make_tokenizer(spec: TinySpec, kind: str = "wordlevel") -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_bpe(spec) if kind == "bpe" else _word_level(spec)
     template = CHAT_TEMPLATE.replace("{{ IMAGE }}", spec.image_placeholder or "")
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -546,7 +579,7 @@ def _make_processor(spec: TinySpec, tokenizer: Any) -> list[Any]:
     return [processor]
 
 
-#: The files a tokenizer saves (what `build_tiny(..., tokenizer=False)` leaves out).
+#: The files a tokenizer saves (what `build_tiny(..., tokenizer=None)` leaves out).
 TOKENIZER_FILES = (
     "tokenizer*",
     "special_tokens_map.json",
@@ -565,14 +598,15 @@ def build_tiny(
     num_layers: int = 6,
     seed: int = 0,
     spec: TinySpec | None = None,
-    tokenizer: bool = True,
+    tokenizer: str | None = "wordlevel",
 ) -> Path:
     """Build a tiny random `model_type` model and save it with its processor to `out_dir`.
 
     spec: a variant of SPECS[model_type] (see `vision_variant`); the default spec otherwise.
 
-    tokenizer=False leaves out the tokenizer files, chat template included (image processor
-    and processor configs stay), like a checkpoint saved without its tokenizer.
+    tokenizer: "wordlevel" (whitespace-split words) or "bpe" (byte-level BPE); None leaves out
+    the tokenizer files, chat template included (image processor and processor configs stay),
+    like a checkpoint saved without its tokenizer.
     """
     import torch
     import transformers
@@ -589,9 +623,9 @@ def build_tiny(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    for part in _make_processor(spec, _make_tokenizer(spec)):
+    for part in _make_processor(spec, _make_tokenizer(spec, tokenizer or "wordlevel")):
         part.save_pretrained(out_dir)
-    if not tokenizer:
+    if tokenizer is None:
         for path in [p for pattern in TOKENIZER_FILES for p in out_dir.glob(pattern)]:
             path.unlink()
     (out_dir / "tiny_model.json").write_text(json.dumps({"model_type": model_type}))

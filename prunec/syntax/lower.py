@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from prunec.errors import Diagnostic, Span, did_you_mean
 from prunec.plan.model import (
     HUB_DATASET_PREFIX,
@@ -838,7 +840,13 @@ class _Lowerer:
             values[name.text] = parsed
         if backend is None or not ok:
             return None
-        options: dict[str, Any] = backend.Options.model_validate(values).model_dump()
+        try:
+            options: dict[str, Any] = backend.Options.model_validate(values).model_dump()
+        except ValidationError as err:  # a rule across options (each one alone was valid)
+            for problem in err.errors():
+                message = str(problem["msg"]).removeprefix("Value error, ")
+                self.error("E222", f"`{backend.name}` options: {message}", item.span)
+            return None
         return options
 
     def option_value(self, name: str, field: Any, tok: Tok) -> Any:
