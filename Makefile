@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 # OpenMP threads must not spin-wait: tests run two workers on two cores (see prunec/cli.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint bench bench-streaming results clean venv golden
+.PHONY: demo test lint bench bench-streaming bench-scale results clean venv golden
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: $(STAMP)
 # Writes two random checkpoints of ~2 GB under a temporary directory.
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py
+
+# A 3.4 GB bf16 Qwen3-1.7B-shaped checkpoint: memory, streaming speed, artifact size, scoring
+# overhead (not in CI; about 5 GB of memory at the peak; `--size 0.6b` is the quick one).
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py
 
 # Regenerates docs/RESULTS.md (budget sweep of every strategy on the testbed).
 results: $(STAMP)

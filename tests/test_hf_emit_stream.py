@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,40 @@ def test_a_target_dtype_converts_floating_tensors(tiny_model, tmp_path: Path) ->
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     assert config["text_config"].get("dtype", "bfloat16") == "bfloat16"
+
+
+def test_light_check_passes_every_architecture(tiny_model, tmp_path: Path) -> None:
+    """The fresh process of the light check (meta-device load, prefix comparison, KV-cache
+    decode) on every covered architecture, all in one process."""
+    from prunec.backends.hf.stream import pruned_layout
+    from prunec.backends.hf.stream_check import (
+        expected_counts,
+        fresh_environment,
+        light_command,
+        light_payload,
+        problems,
+    )
+
+    jobs, expected = [], []
+    for model_type in TINY_TYPES:
+        source, out = tiny_model(model_type), tmp_path / model_type
+        layout = pruned_layout(source, REMOVE)
+        stream_prune_checkpoint(source, out, REMOVE)
+        payload = light_payload(layout, source, out)
+        assert (payload["source_layers"], payload["kept_layers"]) == (3, 2)  # crosses layer 1
+        jobs.append({"payload": payload, "result": str(tmp_path / f"{model_type}.json")})
+        expected.append(expected_counts(layout))
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    proc = subprocess.run(
+        light_command(tmp_path / "jobs.json"),
+        input="go\n",
+        capture_output=True,
+        text=True,
+        env=fresh_environment(),
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for model_type, job, counts in zip(TINY_TYPES, jobs, expected, strict=True):
+        result = json.loads(Path(job["result"]).read_text())
+        assert problems({**result, "layers": (3, 2)}, counts, 1e-5) == [], model_type
+        assert result["diff"] < 1e-5 and not result["prunec_imported"], model_type

@@ -37,10 +37,11 @@ if TYPE_CHECKING:
 
 #: Dtype names prunec uses (torch attribute names), by bytes per element.
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
-#: Linear weights with more elements than this are upcast in row blocks of this many.
+#: Most elements converted at once: larger linear weights are upcast in row blocks of this
+#: many, and module subtrees up to this size are converted as one unit.
 BLOCK_ELEMENTS = 1 << 24
-#: Parameters this small (norms, biases, patch embeddings) are held in the compute dtype.
-SMALL_ELEMENTS = 1 << 20
+#: Parameters this small (norms, biases) are held in the compute dtype.
+SMALL_ELEMENTS = 1 << 18
 _CPU_FLAGS = {
     "bfloat16": ("avx512_bf16", "amx_bf16"),
     "float16": ("avx512_fp16", "amx_fp16"),
@@ -133,46 +134,59 @@ def install_upcast(model: nn.Module, dtype: torch.dtype) -> int:
     converting its parameters just in time. Returns how many modules were wrapped.
 
     Small parameters and each transformers model's first parameter are converted once, here
-    (exactly: the conversion widens); model code reads `self.dtype` or
-    `patch_embedding.weight.dtype` to cast pixel values and image features, and must see the
-    compute dtype there.
+    (exactly: the conversion widens): model code reads `self.dtype` to cast pixel values and
+    image features, and must see the compute dtype there.
 
-    A module of torch itself that has both parameters and children is wrapped as a unit with
-    its children's parameters (`nn.MultiheadAttention` reads `out_proj.weight` without calling
-    `out_proj`); other modules convert only their own parameters, and their children are
-    wrapped in turn.
+    Every module that owns parameters converts them around its forward. A subtree small
+    enough (at most `BLOCK_ELEMENTS` parameters) whose root has a forward of its own converts
+    all its parameters around that forward, because model code reads children's weights
+    directly (`self.patch_embedding.weight.dtype` in CLIP, `out_proj.weight` in
+    `nn.MultiheadAttention`); a module of torch itself with parameters and children is always
+    such a unit.
     """
     held = {p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != dtype}
     setattr(model, _HELD, held.pop() if len(held) == 1 else None)
     for param in _held_in_compute_dtype(model):
         if param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
-    count = 0
-    skip: set[int] = set()
-    for module in model.modules():
-        if id(module) in skip:
-            continue
-        unit = (
-            type(module).__module__.startswith("torch.nn.")
-            and any(module.children())
-            and any(p is not None for p in module._parameters.values())
-        )
-        owners = list(module.modules()) if unit else [module]
-        if unit:
-            skip.update(id(m) for m in owners)
-        params = [
+
+    def converted(owners: list[nn.Module]) -> list[tuple[dict[str, Any], str]]:
+        return [
             (owner._parameters, name)
             for owner in owners
             for name, param in owner._parameters.items()
             if param is not None and param.is_floating_point() and param.dtype != dtype
         ]
-        if params and not hasattr(module, _WRAPPED):
+
+    count = 0
+    in_unit: set[int] = set()
+    for module in model.modules():  # parents before children
+        if hasattr(module, _WRAPPED):
+            continue
+        subtree = list(module.modules())
+        params = converted(subtree)
+        unit = bool(params) and len(subtree) > 1 and _is_unit(module, params)
+        if unit and id(module) not in in_unit:
+            in_unit.update(id(m) for m in subtree)
+        else:
+            params = converted([module])
+        if params:
             original = module.forward
             module.forward = _wrapper(module, params, dtype, original)
             setattr(module, _WRAPPED, original)
             count += 1
     setattr(model, _ATTR, dtype)
     return count
+
+
+def _is_unit(module: nn.Module, params: list[tuple[dict[str, Any], str]]) -> bool:
+    from torch import nn
+
+    if type(module).forward is nn.Module.forward:  # containers: their forward never runs
+        return False
+    if type(module).__module__.startswith("torch.nn.") and module._parameters:
+        return True
+    return sum(table[name].numel() for table, name in params) <= BLOCK_ELEMENTS
 
 
 def _held_in_compute_dtype(model: nn.Module) -> list[torch.nn.Parameter]:

@@ -61,7 +61,8 @@ class HFReport:
         checkpoint's logits and the pruned model's ("full"), or between the outputs of the
         checkpoint's first layers and the source's ("light").
     layer_map: old decoder index -> new index for the kept layers.
-    generate_ok: `generate` with KV cache ran after reload and produced tokens.
+    generate_ok: `generate` with KV cache ran after reload and produced tokens (light check:
+        decoding with the KV cache reproduced the full forward).
     seconds: wall time of the whole emission, self-check included.
     checked_inputs: how many input cases the self-check compared (0 = check skipped).
     streamed: True when the weights were streamed from the source shards.
@@ -88,10 +89,11 @@ class HFReport:
             return f"{how}not self-checked, {self.seconds:.1f}s"
         if self.check == "light" and self.checked_layers is not None:
             source, kept = self.checked_layers
+            cache = "KV-cache decode " + ("ok" if self.generate_ok else "not compared")
             return (
                 f"{how}light check: bytes match the source, meta-device load clean, first "
                 f"{kept} layers vs source's {source} max |Δ| {self.max_abs_logit_diff:.2e}, "
-                f"{generate}, {self.seconds:.1f}s"
+                f"{cache}, {self.seconds:.1f}s"
             )
         return (
             f"{how}reload max |Δlogit| {self.max_abs_logit_diff:.2e}, "

@@ -10,14 +10,16 @@ anyone. Two modes:
         `layer_counts` (dotted config keys to report) and `compute_dtype`. The whole
         checkpoint is reloaded and run on every case; RESULT receives JSON.
 
-    python -I selfcheck_script.py --light PAYLOAD RESULT
-        Check without holding the model: PAYLOAD (JSON) names the `source` and `checkpoint`
-        folders, the `removed` layers, the prefix lengths `source_layers` / `kept_layers` and
+    python -I selfcheck_script.py --light JOBS
+        Check without holding the model. JOBS is a JSON list of {"payload", "result"}; each
+        payload names the `source` and `checkpoint` folders, the `removed` layers, the prefix lengths `source_layers` / `kept_layers` and
         the `input_ids`. The source's first `source_layers` layers (removed ones made
-        identities) run first, while the caller may still be writing the checkpoint; the
+        identities) run first, while the caller may still be writing the checkpoints; the
         process then waits for a line on stdin, loads the whole checkpoint on the meta device
-        (names, shapes and config, no data) and its first `kept_layers` layers, and compares
-        the two decoders' outputs. RESULT receives JSON.
+        (names, shapes and config, no data) and its first `kept_layers` layers, compares the
+        two decoders' outputs, and decodes the last token with the KV cache of the others.
+        The vocabulary projection never runs, so the embedding matrix is never read whole.
+        Each result file receives JSON.
 
 Both modes compute in `compute_dtype`: when that is wider than the stored weights, every
 module's weights are converted just before it runs and dropped after (the same arithmetic
@@ -51,6 +53,12 @@ def _config_value(config, dotted):
 # --- compute in a wider dtype than the weights are stored in --------------------------------
 
 
+#: As in prunec's calibration: parameters up to SMALL are converted once; at most BLOCK
+#: elements are converted at a time (module subtrees up to it as a unit, larger linear
+#: weights in row blocks, embeddings only the rows looked up).
+SMALL, BLOCK = 1 << 18, 1 << 24
+
+
 def _upcast(model, dtype_name):
     """Compute in `dtype_name` while the weights stay as loaded (see the module docstring)."""
     import torch
@@ -61,35 +69,46 @@ def _upcast(model, dtype_name):
         return
     for param in _small_or_first(model):
         param.data = param.data.to(dtype)
-    done: set[int] = set()
-    for module in model.modules():
-        if id(module) in done:
-            continue
-        unit = (
-            type(module).__module__.startswith("torch.nn.")
-            and any(module.children())
-            and any(p is not None for p in module._parameters.values())
-        )
-        owners = list(module.modules()) if unit else [module]
-        done.update(id(m) for m in owners)
-        params = [
+
+    def converted(owners):
+        return [
             (owner._parameters, name)
             for owner in owners
             for name, p in owner._parameters.items()
             if p is not None and p.is_floating_point() and p.dtype != dtype
         ]
+
+    in_unit: set[int] = set()
+    for module in model.modules():
+        subtree = list(module.modules())
+        params = converted(subtree)
+        unit = bool(params) and len(subtree) > 1 and _is_unit(module, params)
+        if unit and id(module) not in in_unit:
+            in_unit.update(id(m) for m in subtree)
+        else:
+            params = converted([module])
         if params:
             module.forward = _wrapped(module, params, dtype, module.forward)
+
+
+def _is_unit(module, params):
+    import torch
+
+    if type(module).forward is torch.nn.Module.forward:  # containers: forward never runs
+        return False
+    if type(module).__module__.startswith("torch.nn.") and module._parameters:
+        return True
+    return sum(table[name].numel() for table, name in params) <= BLOCK
 
 
 def _small_or_first(model):
     from transformers import PreTrainedModel
 
-    chosen = {id(p): p for p in model.parameters() if p.numel() <= 1 << 20}
+    chosen = {id(p): p for p in model.parameters() if p.numel() <= SMALL}
     for module in model.modules():
         if isinstance(module, PreTrainedModel):
             first = next((p for p in module.parameters() if p.is_floating_point()), None)
-            if first is not None and first.numel() <= 1 << 24:
+            if first is not None and first.numel() <= BLOCK:
                 chosen[id(first)] = first
     return list(chosen.values())
 
@@ -102,7 +121,7 @@ def _wrapped(module, params, dtype, original):
             return value.to(dtype)
         return value
 
-    if isinstance(module, torch.nn.Embedding):
+    if isinstance(module, torch.nn.Embedding) and params == [(module._parameters, "weight")]:
 
         def embed(ids, *args, **kwargs):
             weight: Any = module._parameters["weight"]
@@ -116,12 +135,12 @@ def _wrapped(module, params, dtype, original):
 
         return embed
 
-    if type(module) is torch.nn.Linear and module.weight.numel() > 1 << 24:
+    if type(module) is torch.nn.Linear and module.weight.numel() > BLOCK:
 
         def blocked(x):
             weight: Any = module._parameters["weight"]
             bias: Any = module._parameters["bias"]
-            step = max(1, (1 << 24) // weight.shape[1])
+            step = max(1, BLOCK // weight.shape[1])
             parts = [
                 torch.nn.functional.linear(
                     cast(x),
@@ -221,20 +240,47 @@ def _decoder_output(model, ids):
     return out.last_hidden_state.float()
 
 
-def light(payload_path, result_path):
+def _cached_last_state(model, ids):
+    """The last position's decoder output when the last token is decoded with the KV cache of
+    the others (what `generate` does), without the vocabulary projection."""
+    import inspect
+
+    import torch
+
+    decoder = model.get_decoder()
+    name = (
+        "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    )
+    with torch.no_grad():
+        first = decoder(input_ids=ids[:, :-1], use_cache=True)
+        cache = getattr(first, "cache", None) or first.past_key_values
+        last = decoder(input_ids=ids[:, -1:], use_cache=True, **{name: cache})
+    return last.last_hidden_state[:, -1].float()
+
+
+def light(jobs_path):
+    """Every job's reference first, then (after one line on stdin) every checkpoint."""
+    with open(jobs_path) as fh:
+        jobs = json.load(fh)
+    references = [_light_reference(job["payload"]) for job in jobs]
+    sys.stdin.readline()  # the checkpoints are complete
+    for job, reference in zip(jobs, references, strict=True):
+        result = _light_compare(job["payload"], reference)
+        with open(job["result"], "w") as fh:
+            json.dump(result, fh)
+
+
+def _light_reference(payload):
+    """The source prefix's decoder output with the removed layers turned into identities."""
     import gc
 
     import torch
 
-    started = time.perf_counter()
-    with open(payload_path) as fh:
-        payload = json.load(fh)
     cls, extra = _model_class(payload["class_name"], payload["is_vlm"], payload["trust"])
-    compute = payload["compute_dtype"]
     ids = torch.tensor([payload["input_ids"]])
-    extra_inputs = {name: torch.zeros_like(ids) for name in payload.get("zero_inputs", [])}
-    # Reference: the source's prefix with the removed layers turned into identities.
-    source = _truncated(payload["source"], cls, extra, payload["source_layers"], compute)
+    source = _truncated(
+        payload["source"], cls, extra, payload["source_layers"], payload["compute_dtype"]
+    )
     layers = source.get_decoder().layers
     for index in payload["removed"]:
         if index < len(layers):
@@ -242,38 +288,45 @@ def light(payload_path, result_path):
     reference = _decoder_output(source, ids)
     del source, layers
     gc.collect()
-    result: dict[str, Any] = {"reference_seconds": time.perf_counter() - started}
+    return reference
 
-    sys.stdin.readline()  # the checkpoint is complete
-    checked = time.perf_counter()
+
+def _light_compare(payload, reference):
+    import torch
+
+    started = time.perf_counter()
+    cls, extra = _model_class(payload["class_name"], payload["is_vlm"], payload["trust"])
+    ids = torch.tensor([payload["input_ids"]])
     model, info = cls.from_pretrained(
         payload["checkpoint"], device_map="meta", output_loading_info=True, **extra
     )
-    result.update(
-        missing_keys=sorted(info.get("missing_keys", [])),
-        unexpected_keys=sorted(info.get("unexpected_keys", [])),
-        mismatched_keys=[str(k) for k in info.get("mismatched_keys", [])],
-        config_counts={k: _config_value(model.config, k) for k in payload["layer_counts"]},
-    )
+    result: dict[str, Any] = {
+        "missing_keys": sorted(info.get("missing_keys", [])),
+        "unexpected_keys": sorted(info.get("unexpected_keys", [])),
+        "mismatched_keys": [str(k) for k in info.get("mismatched_keys", [])],
+        "config_counts": {k: _config_value(model.config, k) for k in payload["layer_counts"]},
+    }
     del model
-    pruned = _truncated(payload["checkpoint"], cls, extra, payload["kept_layers"], compute)
+    pruned = _truncated(
+        payload["checkpoint"], cls, extra, payload["kept_layers"], payload["compute_dtype"]
+    )
     output = _decoder_output(pruned, ids)
     same = output.shape == reference.shape
     result["diff"] = float((output - reference).abs().max()) if same else float("inf")
     result["scale"] = float(reference.abs().max())
-    generated = pruned.generate(
-        input_ids=ids, **extra_inputs, max_new_tokens=2, do_sample=False, use_cache=True
-    )
-    result["generated"] = generated[0, ids.shape[-1] :].tolist()
+    result["cache_diff"] = None
+    text = pruned.config.get_text_config(decoder=True)
+    if not getattr(text, "use_bidirectional_attention", False):  # PaliGemma's is a prefix LM
+        cached = _cached_last_state(pruned, ids)
+        result["cache_diff"] = float((cached - output[:, -1]).abs().max())
     result["prunec_imported"] = "prunec" in sys.modules
-    result["seconds"] = time.perf_counter() - checked
-    with open(result_path, "w") as fh:
-        json.dump(result, fh)
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--light":
-        light(sys.argv[2], sys.argv[3])
+        light(sys.argv[2])
     else:
         with open(sys.argv[1]) as jobs:
             for checkpoint, payload_path, result_path in json.load(jobs):

@@ -11,7 +11,8 @@ left. Three checks, each cheap:
    mismatched keys and the layer counts it read;
 3. numbers: the same process runs the first layers of the source, with the removed ones made
    identities (what removal means), and the matching first layers of the checkpoint, on
-   synthetic token ids, in float32, and compares the decoder outputs. The prefix covers the
+   synthetic token ids, in float32, and compares the decoder outputs; then decodes the last
+   token with the KV cache of the others (what `generate` does). The prefix covers the
    first removed layer and the layer after it when that fits in a sixth of the checkpoint
    (or 256 MiB), so the check's memory stays a small share of the model's.
 
@@ -52,6 +53,9 @@ class LightResult:
     diff: largest |difference| between the decoder outputs of the source prefix (removed
         layers as identities) and the checkpoint prefix. scale: the reference's largest
         |value|. layers: (source prefix length, checkpoint prefix length).
+    generate_ok: decoding the last token with the KV cache of the others reproduced the full
+        forward's last position (what `generate` relies on); False when the decoder attends
+        both ways (a prefix LM such as PaliGemma's), where the two legitimately differ.
     """
 
     diff: float
@@ -129,20 +133,19 @@ class LightCheck:
 
     def __init__(self, payload: dict[str, Any], expected: Mapping[str, Any]) -> None:
         self.expected = dict(expected)
+        self.payload = payload
         self._tmp = tempfile.TemporaryDirectory(prefix="prunec-lightcheck-")
         tmp = Path(self._tmp.name)
-        self.payload = payload
-        (tmp / "payload.json").write_text(json.dumps(payload))
         self._result = tmp / "result.json"
+        jobs = tmp / "jobs.json"
+        jobs.write_text(json.dumps([{"payload": payload, "result": str(self._result)}]))
         self._log = (tmp / "stderr.txt").open("w+")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-        cmd = [sys.executable, "-I", str(SELF_CHECK_SCRIPT), "--light"]
         self._proc = subprocess.Popen(
-            [*cmd, str(tmp / "payload.json"), str(self._result)],
+            light_command(jobs),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            env=env,
+            env=fresh_environment(),
             text=True,
         )
 
@@ -188,19 +191,40 @@ class LightCheck:
                 f"fresh process: {reason}"
             )
         result = json.loads(self._result.read_text())
-        problems = _problems(result, self.expected)
         layers = (self.payload["source_layers"], self.payload["kept_layers"])
-        allowed = tolerance * max(1.0, float(result["scale"]))
-        if not result["diff"] <= allowed:
-            problems.append(
-                f"the first {layers[1]} layers differ from the source's first {layers[0]} "
-                f"(removed layers skipped) by {result['diff']:.3g} (tolerance {allowed:.3g})"
-            )
-        if not result["generated"]:
-            problems.append("generate with KV cache produced no tokens after reload")
-        if problems:
-            raise BuildError("self-check failed: " + "; ".join(problems))
-        return LightResult(float(result["diff"]), float(result["scale"]), layers, True)
+        found = problems({**result, "layers": layers}, self.expected, tolerance)
+        if found:
+            raise BuildError("self-check failed: " + "; ".join(found))
+        decoded = result["cache_diff"] is not None
+        return LightResult(float(result["diff"]), float(result["scale"]), layers, decoded)
+
+
+def light_command(jobs: Path) -> list[str]:
+    """The fresh process of the light check for the jobs file `jobs` (see the script)."""
+    return [sys.executable, "-I", str(SELF_CHECK_SCRIPT), "--light", str(jobs)]
+
+
+def fresh_environment() -> dict[str, str]:
+    """This environment without what would let the fresh process import prunec."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+
+
+def problems(result: Mapping[str, Any], expected: Mapping[str, Any], tolerance: float) -> list[str]:
+    """Everything wrong in one light check's result (`tolerance`: relative)."""
+    found = _problems(result, expected)
+    allowed = tolerance * max(1.0, float(result["scale"]))
+    source, kept = result.get("layers", ("?", "?"))
+    if not result["diff"] <= allowed:
+        found.append(
+            f"the first {kept} layers differ from the source's first {source} "
+            f"(removed layers skipped) by {result['diff']:.3g} (tolerance {allowed:.3g})"
+        )
+    if result["cache_diff"] is not None and not result["cache_diff"] <= allowed:
+        found.append(
+            "decoding the last token with the KV cache differs from the full forward by "
+            f"{result['cache_diff']:.3g} (tolerance {allowed:.3g})"
+        )
+    return found
 
 
 def _problems(result: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
@@ -227,24 +251,44 @@ def light_check(
     trust: bool = False,
 ) -> LightCheck:
     """Start the light check of the checkpoint that is about to be written into `out_dir`."""
+    payload = light_payload(layout, source_dir, out_dir, class_name=class_name, trust=trust)
+    return LightCheck(payload, expected_counts(layout))
+
+
+def light_payload(
+    layout: PrunedLayout,
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    class_name: str = "",
+    trust: bool = False,
+) -> dict[str, Any]:
+    """What the fresh process needs to check `out_dir` against `source_dir` (JSON)."""
     config = layout.config
     source_layers, kept_layers = prefix_lengths(layout, source_dir)
     architectures = config.get("architectures") or [""]
-    payload = {
+    return {
         "source": str(source_dir),
         "checkpoint": str(out_dir),
         "removed": layout.removed,
         "source_layers": source_layers,
         "kept_layers": kept_layers,
         "input_ids": synthetic_ids(config),
-        "zero_inputs": ["token_type_ids"] if config.get("model_type") == "paligemma" else [],
         "class_name": class_name or str(architectures[0]),
         "is_vlm": "vision_config" in config,
         "trust": trust,
         "compute_dtype": "float32",
         "layer_counts": list(expected_counts(layout)),
     }
-    return LightCheck(payload, expected_counts(layout))
 
 
-__all__ = ["LightCheck", "LightResult", "light_check", "synthetic_ids"]
+__all__ = [
+    "LightCheck",
+    "LightResult",
+    "expected_counts",
+    "light_check",
+    "light_command",
+    "light_payload",
+    "problems",
+    "synthetic_ids",
+]
