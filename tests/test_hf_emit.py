@@ -140,6 +140,10 @@ def test_sources_without_safetensors_fall_back_to_save_pretrained(
     written = load_file(tmp_path / "good" / "model.safetensors")
     assert set(written) <= set(expected) and set(expected) - set(written) <= {"lm_head.weight"}
     assert all(torch.equal(v, expected[k]) for k, v in written.items())
+    emit_hf(loaded, REMOVE, tmp_path / "half", self_check=False, dtype="bfloat16")
+    halved = load_file(tmp_path / "half" / "model.safetensors")
+    assert all(torch.equal(v, expected[k].to(torch.bfloat16)) for k, v in halved.items())
+    assert next(loaded.model.parameters()).dtype == torch.float32  # the model is left alone
     with pytest.raises(BuildError, match="self-check failed"):  # the classic bug is caught
         emit_hf(_half_done_surgery(legacy), REMOVE, tmp_path / "bad")
 

@@ -128,7 +128,13 @@ def emit_hf(
     """
     started = time.perf_counter()
     prepared = prepare_hf(
-        loaded, removed, out_dir, source=source, scores=scores, sample_inputs=sample_inputs
+        loaded,
+        removed,
+        out_dir,
+        source=source,
+        scores=scores,
+        sample_inputs=sample_inputs,
+        dtype=dtype,
     )
     return finish_hf(
         prepared,
@@ -468,7 +474,7 @@ def _reference_logits(model: Any, inputs: Mapping[str, Any]) -> Any:
 
 def _save_weights(model: Any, out_dir: Path, dtype: str | None = None) -> None:
     """The fallback for sources without local safetensors: `save_pretrained` from memory,
-    in `dtype` (None: the held dtype, small parameters included)."""
+    in `dtype` (None: the held dtype, the upcast's small parameters included)."""
     import torch
 
     from prunec.arch.precision import hold_small_parameters
@@ -482,9 +488,20 @@ def _save_weights(model: Any, out_dir: Path, dtype: str | None = None) -> None:
             except (ValueError, TypeError) as exc:
                 raise BuildError(f"the pruned config is invalid: {exc}") from exc
     with hold_small_parameters(model):
-        if dtype is not None:
-            model.to(getattr(torch, dtype))
-        model.save_pretrained(out_dir, max_shard_size=MAX_SHARD_SIZE)
+        if dtype is None:
+            model.save_pretrained(out_dir, max_shard_size=MAX_SHARD_SIZE)
+            return
+        # A converted copy (this fallback only): the model in memory stays as it is.
+        target = getattr(torch, dtype)
+        state = {
+            k: v.to(target) if v.is_floating_point() else v for k, v in model.state_dict().items()
+        }
+        stored = model.config.dtype
+        model.config.dtype = target
+        try:
+            model.save_pretrained(out_dir, state_dict=state, max_shard_size=MAX_SHARD_SIZE)
+        finally:
+            model.config.dtype = stored
 
 
 def _copy_processor(loaded: LoadedModel, out_dir: Path) -> None:
