@@ -21,7 +21,7 @@ LOCK_FLAGS = pyproject.toml - --extra dev --generate-hashes --python-version 3.1
 # OpenMP threads must not spin-wait: tests run two workers on two cores (see prunec/cli.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint lock test-latest bench bench-streaming results clean venv golden
+.PHONY: demo test lint lock test-latest bench bench-streaming bench-scale results clean venv golden
 
 venv: $(STAMP)
 
@@ -78,6 +78,11 @@ bench: $(STAMP)
 # Writes two random checkpoints of ~2 GB under a temporary directory.
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py
+
+# A 3.4 GB bf16 Qwen3-1.7B-shaped checkpoint: memory, streaming speed, artifact size, scoring
+# overhead (not in CI; about 5 GB of memory at the peak; `--size 0.6b` is the quick one).
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py
 
 # Regenerates docs/RESULTS.md (budget sweep of every strategy on the testbed).
 results: $(STAMP)

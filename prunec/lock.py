@@ -151,9 +151,14 @@ def write_lock(
     selection: Selection,
 ) -> Path:
     """Write the lockfile atomically; returns its path."""
+    return write_lock_data(path, lock_data(plan, loaded, scores, selection))
+
+
+def write_lock_data(path: Path, data: dict[str, Any]) -> Path:
+    """Write `lock_data(...)` taken earlier (a build releases its model before publishing)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(lock_data(plan, loaded, scores, selection)))
+    tmp.write_text(dumps(data))
     os.replace(tmp, path)
     return path
 

@@ -10,9 +10,15 @@ Order matters for the "nothing half-done" promise:
 6. every target is written into a staging directory beside it and self-checked; only when all
    targets passed are they moved into place, then the lockfile is written.
 
+The model is held once. Targets that stream (HF) take what they need from it first
+(`Backend.prepare`: reference logits), targets that need it (ONNX) are written next, then the
+build releases the model and the streaming targets are written from the source's shards and
+self-checked in fresh processes that can use the memory it held.
+
 A manual `remove` list with only HF targets and no gates needs no weights in this process:
 such builds (`can_stream`) copy the kept tensors shard by shard from the local safetensors
-checkpoint and self-check in child processes, so memory stays flat in the model's size.
+checkpoint (a local folder or a hub cache snapshot) and self-check in a child process, so
+memory stays flat in the model's size.
 """
 
 from __future__ import annotations
@@ -189,15 +195,17 @@ def emit_target(
     plan: Plan,
     samples: Sequence[dict[str, Any]] = (),
     scores: LayerScores | None = None,
+    prepared: Any = None,
 ) -> Any:
     """Write one target into its staging directory and self-check it (its kind's `emit`).
 
-    loaded: the pruned model, or None for a streamed build (kinds with `streams`).
+    loaded: the pruned model, or None for a streamed build or once the build released it
+    (kinds with `streams`; then `prepared` holds what their `prepare` took from it).
     """
     from prunec.backends.atomic import MANIFEST, write_manifest
     from prunec.backends.base import EmitJob, backend_for
 
-    job = EmitJob(plan, target, selection, staged, loaded, samples, scores)
+    job = EmitJob(plan, target, selection, staged, loaded, samples, scores, prepared)
     report = backend_for(target.kind).emit(job)
     if not (staged / MANIFEST).is_file():  # what marks the folder as prunec's to replace later
         meta = {"kind": target.kind, "source": plan.model.source, "removed": selection.removed}
@@ -237,32 +245,110 @@ def hold_targets(targets: Sequence[TargetSpec], reporter: Reporter | None = None
 
 def stage_and_publish(
     targets: Sequence[TargetSpec],
-    write: Callable[[TargetSpec, Path], Any],
+    write: Callable[[TargetSpec, Path, Any], Any],
     reporter: Reporter | None = None,
     how: str = "staged, self-checked",
     *,
     force: bool = False,
+    prepare: Callable[[TargetSpec, Path], Any] | None = None,
 ) -> tuple[TargetResult, ...]:
-    """Write every target into a staging directory beside it with `write(target, staged)`
-    (which self-checks and returns its report), then publish them all. Nothing is published
-    unless every target was written; a failure removes every staging directory. `force`
-    allows replacing a directory prunec did not write.
+    """Write every target into a staging directory beside it with `write(target, staged,
+    prepared)` (which self-checks and returns its report), then publish them all. Every
+    staging directory exists first, and `prepare(target, staged)` (if given) runs for every
+    target before the first write; its result is `prepared`. Nothing is published unless
+    every target was written; a failure removes every staging directory. `force` allows
+    replacing a directory prunec did not write.
     """
     from prunec.backends.atomic import publish, staging_directory
 
     results: list[TargetResult] = []
     with ExitStack() as stack:
         stack.enter_context(hold_targets(targets, reporter))
-        staged_dirs = []
-        for target in targets:
-            staged = stack.enter_context(staging_directory(target.path))
-            results.append(TargetResult(target, write(target, staged)))
-            staged_dirs.append((staged, target))
+        staged_dirs = [(stack.enter_context(staging_directory(t.path)), t) for t in targets]
+        prepared = [prepare(t, staged) if prepare else None for staged, t in staged_dirs]
+        for (staged, target), ready in zip(staged_dirs, prepared, strict=True):
+            results.append(TargetResult(target, write(target, staged, ready)))
             _say(reporter, f"emitted {target.kind} target ({how})")
         for staged, target in staged_dirs:
             publish(staged, target.path, force=force)
             _say(reporter, f"published {target.path}")
     return tuple(results)
+
+
+class HeldModel:
+    """The build's one reference to the loaded model, so emission can drop it.
+
+    `release()` forgets the model and returns its memory to the system (the weights of a
+    model loaded without conversion are the checkpoint file's pages; they are unmapped).
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded: LoadedModel | None = loaded
+
+    def get(self) -> LoadedModel:
+        if self.loaded is None:
+            raise RuntimeError("the model was already released")
+        return self.loaded
+
+    def release(self) -> None:
+        if self.loaded is None:
+            return
+        self.loaded = None
+        import gc
+
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Ask glibc to hand freed heap memory back to the system (no-op elsewhere)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
+def _emit_held(
+    plan: Plan,
+    held: HeldModel,
+    selection: Selection,
+    *,
+    scores: LayerScores | None,
+    samples: Sequence[dict[str, Any]],
+    reporter: Reporter | None,
+    force: bool,
+    release: bool,
+) -> tuple[TargetResult, ...]:
+    """Emit every target of `plan` from the pruned model in `held`: streaming kinds prepare
+    first, kinds that need the model are written next (in the compute dtype), then, with
+    `release`, the model is dropped before the streaming kinds write and self-check."""
+    from prunec.arch.precision import materialize
+    from prunec.backends.base import EmitJob, backend_for
+
+    def streams(target: TargetSpec) -> bool:
+        return backend_for(target.kind).streams
+
+    def prepare(target: TargetSpec, staged: Path) -> Any:
+        if not streams(target):
+            return None
+        job = EmitJob(plan, target, selection, staged, held.get(), samples, scores)
+        return backend_for(target.kind).prepare(job)
+
+    def write(target: TargetSpec, staged: Path, prepared: Any) -> Any:
+        if streams(target):
+            if release:
+                held.release()
+            loaded = held.loaded if prepared is None else None
+            return emit_target(target, loaded, selection, staged, plan, samples, scores, prepared)
+        materialize(held.get().model)
+        return emit_target(target, held.get(), selection, staged, plan, samples, scores)
+
+    ordered = sorted(plan.targets, key=streams)  # stable: the model's users first
+    results = stage_and_publish(ordered, write, reporter, force=force, prepare=prepare)
+    by_target = {id(r.target): r for r in results}
+    return tuple(by_target[id(t)] for t in plan.targets)
 
 
 def emit(
@@ -280,17 +366,21 @@ def emit(
     Applies the selection's surgery first if the model still has all its layers. Each target
     is staged beside its final path; targets are published only after all of them passed,
     so a failure leaves every earlier artifact untouched. A target replaces only what an
-    earlier prunec build published (`force`: a foreign directory too).
+    earlier prunec build published (`force`: a foreign directory too). The caller keeps
+    `loaded` (a build releases its own model before the self-checks instead).
     """
     ensure_pruned(loaded, selection)
     if samples is None:
         samples = calibration_inputs(plan, loaded) if _needs_samples(plan) else []
-    inputs = samples
-    return stage_and_publish(
-        plan.targets,
-        lambda target, staged: emit_target(target, loaded, selection, staged, plan, inputs, scores),
-        reporter,
+    return _emit_held(
+        plan,
+        HeldModel(loaded),
+        selection,
+        scores=scores,
+        samples=samples,
+        reporter=reporter,
         force=force,
+        release=False,
     )
 
 
@@ -334,7 +424,7 @@ def _build_streaming(
         lockfile.check_lock(lock_path, plan, None, None, selection)
     results = stage_and_publish(
         plan.targets,
-        lambda target, staged: emit_target(target, None, selection, staged, plan),
+        lambda target, staged, _: emit_target(target, None, selection, staged, plan),
         reporter,
         "streamed, self-checked",
         force=force,
@@ -419,14 +509,24 @@ def _build_in_memory(
     started: float,
     force: bool,
 ) -> BuildResult:
-    """`build` with the model in memory: load, score, solve, gate, emit, lock."""
+    """`build` with the model in memory: load, score, solve, gate, emit, lock.
+
+    The model is held once, by `held`; it is released during emission (see `_emit_held`),
+    so everything that needs it afterwards (the lockfile's content) is taken before.
+    """
     from prunec.arch.loading import load_model
 
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    loaded = load_model(plan.model)
+    held = HeldModel(load_model(plan.model))
+    loaded = held.get()
     timings["load"] = time.perf_counter() - tick
-    _say(reporter, f"loaded {plan.model.source} ({loaded.num_layers} decoder layers)")
+    computes = (
+        f"; {loaded.storage_dtype} weights, computing in {loaded.compute_dtype}"
+        if loaded.compute_dtype != loaded.storage_dtype
+        else ""
+    )
+    _say(reporter, f"loaded {plan.model.source} ({loaded.num_layers} decoder layers{computes})")
     check_model_fit(plan, loaded.num_layers)
     check_targets_supported(plan, model_config_dict(loaded))
 
@@ -485,17 +585,27 @@ def _build_in_memory(
         if not gates.passed:
             raise VerifyError("a verify gate failed; no target was published", gates.render())
 
-    results = emit(
-        plan, loaded, selection, scores=scores, samples=samples, reporter=reporter, force=force
+    num_layers = loaded.num_layers
+    lock_content = lockfile.lock_data(plan, loaded, scores, selection) if write_lock else None
+    del loaded  # from here on `held` is the only reference: emission releases it
+    results = _emit_held(
+        plan,
+        held,
+        selection,
+        scores=scores,
+        samples=samples,
+        reporter=reporter,
+        force=force,
+        release=True,
     )
     timings.update(_emit_timings(results))
 
     written = None
-    if write_lock:
-        written = lockfile.write_lock(lock_path, plan, loaded, scores, selection)
+    if lock_content is not None:
+        written = lockfile.write_lock_data(lock_path, lock_content)
     return BuildResult(
         plan=plan,
-        num_layers=loaded.num_layers,
+        num_layers=num_layers,
         selection=selection,
         scores=scores,
         targets=tuple(results),

@@ -79,6 +79,9 @@ def test_build_scores_plans_publishes_and_locks(
 
     config = json.loads((tmp_path / "out" / "hf" / "config.json").read_text())
     assert config["text_config"]["num_hidden_layers"] == QUICK.num_layers - 2
+    # Scored and gated, yet streamed from the source's shards, then fully reloaded.
+    manifest = json.loads((tmp_path / "out" / "hf" / "prunec-manifest.json").read_text())
+    assert manifest["mode"] == "streaming" and "streamed, reload max |Δlogit|" in err
     lock = json.loads((tmp_path / "tutor.prune.lock").read_text())
     removed = lock["selection"]["removed"]
     assert len(removed) == 2 and 0 not in removed and QUICK.num_layers - 1 not in removed

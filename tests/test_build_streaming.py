@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -62,3 +63,22 @@ def test_gates_or_scoring_take_the_in_memory_path(tiny_model, tmp_path: Path) ->
     )
     spec.write_text(spec.read_text().replace("prune {", 'domain d { data "d.jsonl" }\n\nprune {'))
     assert not can_stream(load_spec(spec))
+
+
+def test_light_check_rejects_a_checkpoint_that_computes_differently(
+    tiny_model, tmp_path: Path
+) -> None:
+    from prunec.backends.hf.stream import pruned_layout, stream_prune_checkpoint
+    from prunec.backends.hf.stream_check import light_check
+    from prunec.errors import BuildError
+
+    source, out = tiny_model("qwen2"), tmp_path / "out"
+    layout = pruned_layout(source, [1, 4])
+    with light_check(layout, source, out) as check:
+        assert check.payload["source_layers"] == 3 and check.payload["kept_layers"] == 2
+        stream_prune_checkpoint(source, out, [1, 4])
+        config = json.loads((out / "config.json").read_text())
+        config["rms_norm_eps"] = 0.5  # loads fine, names and shapes fine, numbers wrong
+        (out / "config.json").write_text(json.dumps(config))
+        with pytest.raises(BuildError, match=r"first 2 layers differ from the source's first 3"):
+            check.finish(1e-4)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from tiny_models import TINY_TYPES, VLM_TYPES, load_processor, sample_inputs
 
 from prunec.arch import remove_layers, skip_layers
@@ -83,10 +85,16 @@ def test_emit_hf_writes_a_complete_checkpoint(tiny_model, tmp_path: Path) -> Non
     assert "| 4 | 2 |" in card and "prune { remove 2, 3 }" in card and "0.5000" in card
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["removed"] == [2, 3] and manifest["layer_map"]["5"] == 3
+    assert manifest["mode"] == "streaming" and report.streamed and report.check == "full"
     on_disk = {p.name for p in out.iterdir()} - {MANIFEST}
     assert set(manifest["files"]) == on_disk
     for name, meta in manifest["files"].items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
+        data = (out / name).read_bytes()
+        assert meta["bytes"] == len(data)
+        if name.endswith(".safetensors"):  # hashed while streaming, with a fast digest
+            assert xxhash.xxh3_128(data).hexdigest() == meta["xxh3_128"], name
+        else:
+            assert hashlib.sha256(data).hexdigest() == meta["sha256"], name
 
 
 def _half_done_surgery(model_dir: Path):
@@ -97,10 +105,47 @@ def _half_done_surgery(model_dir: Path):
     return loaded
 
 
-def test_self_check_rejects_incomplete_surgery(tiny_model, tmp_path: Path) -> None:
-    loaded = _half_done_surgery(tiny_model("llama"))
-    with pytest.raises(BuildError, match="self-check failed"):
-        emit_hf(loaded, REMOVE, tmp_path / "out")
+def _changed_in_memory(model_dir: Path):
+    """Pruned, then a kept layer's weights changed in memory without telling the emitter
+    (which streams the source's bytes): the checkpoint no longer is the model in memory."""
+    loaded = _load(model_dir)
+    remove_layers(loaded.model, REMOVE)
+    with torch.no_grad():
+        loaded.model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    return loaded
+
+
+def test_self_check_rejects_a_checkpoint_unlike_the_model_in_memory(
+    tiny_model, tmp_path: Path
+) -> None:
+    with pytest.raises(BuildError, match=r"self-check failed.*reloaded logits differ"):
+        emit_hf(_changed_in_memory(tiny_model("llama")), REMOVE, tmp_path / "out")
+
+
+def test_sources_without_safetensors_fall_back_to_save_pretrained(
+    tiny_model, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    legacy = tmp_path / "legacy"  # a pickled-weights checkpoint, as older hub repositories have
+    shutil.copytree(tiny_model("llama"), legacy)
+    torch.save(load_file(legacy / "model.safetensors"), legacy / "pytorch_model.bin")
+    (legacy / "model.safetensors").unlink()
+
+    loaded = _load(legacy)
+    remove_layers(loaded.model, REMOVE)
+    report = emit_hf(loaded, REMOVE, tmp_path / "good", self_check=False)
+    assert not report.streamed and report.check == "none"
+    expected = loaded.model.state_dict()
+    written = load_file(tmp_path / "good" / "model.safetensors")
+    assert set(written) <= set(expected) and set(expected) - set(written) <= {"lm_head.weight"}
+    assert all(torch.equal(v, expected[k]) for k, v in written.items())
+    emit_hf(loaded, REMOVE, tmp_path / "half", self_check=False, dtype="bfloat16")
+    halved = load_file(tmp_path / "half" / "model.safetensors")
+    assert all(torch.equal(v, expected[k].to(torch.bfloat16)) for k, v in halved.items())
+    assert next(loaded.model.parameters()).dtype == torch.float32  # the model is left alone
+    with pytest.raises(BuildError, match="self-check failed"):  # the classic bug is caught
+        emit_hf(_half_done_surgery(legacy), REMOVE, tmp_path / "bad")
 
 
 def test_failed_build_leaves_earlier_target_intact(tiny_model, tmp_path: Path) -> None:
@@ -111,7 +156,7 @@ def test_failed_build_leaves_earlier_target_intact(tiny_model, tmp_path: Path) -
         emit_hf(good, REMOVE, staged, self_check=False)
     before = (target / MANIFEST).read_bytes()
 
-    broken = _half_done_surgery(tiny_model("llama"))
+    broken = _changed_in_memory(tiny_model("llama"))
     with pytest.raises(BuildError), staging_directory(target) as staged:
         emit_hf(broken, REMOVE, staged)
     with pytest.raises(KeyboardInterrupt), staging_directory(target) as staged:

@@ -22,7 +22,6 @@ from prunec.backends.hf import (
     run_self_checks,
 )
 from prunec.backends.hf.stream import stream_prune_checkpoint
-from prunec.backends.hf.stream_check import streamed_check_job
 from prunec.plan.model import ModelSpec
 
 #: Every model type of the architecture table (prunec/arch/data/*.json).
@@ -98,15 +97,31 @@ def test_self_check_prompt_without_tokenizer(model_type: str, tmp_path: Path) ->
 
 
 def test_both_emit_paths_self_check_every_architecture(tmp_path: Path) -> None:
-    """Per architecture: the streamed checkpoint checked against the skipped original (as the
-    streamed build does) and the in-memory `emit_hf` checkpoint checked against the pruned
-    model, all in ONE fresh process (transformers imported once)."""
-    jobs = []
+    """Per architecture: the in-memory `emit_hf` checkpoint checked against the pruned model
+    (its prompt from `default_inputs`), all in ONE fresh process; and the streamed checkpoint
+    through the light check (synthetic ids, never a tokenizer), all in one more."""
+    import subprocess
+
+    from prunec.backends.hf.stream import pruned_layout
+    from prunec.backends.hf.stream_check import (
+        expected_counts,
+        fresh_environment,
+        light_command,
+        light_payload,
+        problems,
+    )
+
+    jobs, light_jobs, expected = [], [], []
     for model_type in ARCH_TYPES:
         source = _no_tokenizer_model(model_type, tmp_path / "src" / model_type)
         streamed = tmp_path / "streamed" / model_type
+        layout = pruned_layout(source, REMOVE)
         stream_prune_checkpoint(source, streamed, REMOVE)
-        jobs.append(streamed_check_job(ModelSpec(source=str(source), local=True), streamed, REMOVE))
+        payload = light_payload(layout, source, streamed)
+        assert len(payload["input_ids"]) >= MIN_PROMPT_TOKENS
+        result = tmp_path / f"light-{model_type}.json"
+        light_jobs.append({"payload": payload, "result": str(result)})
+        expected.append(expected_counts(layout))
 
         loaded = load_model(ModelSpec(source=str(source), local=True))
         remove_layers(loaded.model, REMOVE)
@@ -117,8 +132,23 @@ def test_both_emit_paths_self_check_every_architecture(tmp_path: Path) -> None:
         [case] = job.payload["cases"]
         assert case["inputs"]["input_ids"].shape[-1] >= MIN_PROMPT_TOKENS
     outcomes = run_self_checks(jobs)  # raises BuildError naming every failing checkpoint
-    assert len(outcomes) == 2 * len(ARCH_TYPES)
+    assert len(outcomes) == len(ARCH_TYPES)
     assert all(diff < 1e-4 and generate_ok for diff, generate_ok in outcomes)
+
+    (tmp_path / "jobs.json").write_text(json.dumps(light_jobs))
+    proc = subprocess.run(
+        light_command(tmp_path / "jobs.json"),
+        input="go\n",
+        capture_output=True,
+        text=True,
+        env=fresh_environment(),
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for model_type, job, counts in zip(ARCH_TYPES, light_jobs, expected, strict=True):
+        found = json.loads(Path(job["result"]).read_text())
+        layers = (job["payload"]["source_layers"], job["payload"]["kept_layers"])
+        assert problems({**found, "layers": layers}, counts, 1e-4) == [], model_type
 
 
 @pytest.mark.parametrize(

@@ -632,6 +632,33 @@ def build_tiny(
     return out_dir
 
 
+def to_bfloat16(source: Path, out_dir: Path) -> Path:
+    """A copy of the checkpoint `source` with every floating tensor stored in bfloat16, the
+    way most published checkpoints are (config `dtype` updated; other files copied)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in Path(source).iterdir():
+        if path.suffix == ".safetensors":
+            tensors = load_file(path)
+            converted = {
+                k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()
+            }
+            save_file(converted, out_dir / path.name, metadata={"format": "pt"})
+        elif path.is_file() and path.name != "config.json":
+            shutil.copy(path, out_dir / path.name)
+    config = json.loads((Path(source) / "config.json").read_text())
+    for section in (config, *(v for v in config.values() if isinstance(v, dict))):
+        if "dtype" in section or section is config:
+            section["dtype"] = "bfloat16"
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
 def sample_image(size: int | tuple[int, int] = 32, seed: int = 0) -> Any:
     """A small deterministic RGB PIL image, `size` pixels square or (height, width)."""
     from PIL import Image

@@ -121,3 +121,25 @@ def read_config_json(source_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise BuildError(f"{path} is not a JSON object")
     return config
+
+
+#: safetensors dtype codes of the floating dtypes prunec computes in, by torch name.
+FLOAT_CODES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def storage_dtype(source_dir: Path) -> str | None:
+    """The floating dtype holding most of a safetensors checkpoint's bytes ("bfloat16", ...);
+    None when the directory has no safetensors weights or no float32/16 tensors."""
+    try:
+        shards = shard_names(Path(source_dir))
+    except BuildError:
+        return None
+    sizes: dict[str, int] = {}
+    for shard in shards:
+        header, _ = read_header(Path(source_dir) / shard)
+        for name, info in header.items():
+            code = info.get("dtype") if name != "__metadata__" else None
+            if code in FLOAT_CODES:
+                begin, end = info["data_offsets"]
+                sizes[FLOAT_CODES[code]] = sizes.get(FLOAT_CODES[code], 0) + end - begin
+    return max(sizes, key=lambda k: sizes[k]) if sizes else None

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunec.arch.checkpoint import read_config_json, verify_checkpoint
+from prunec.arch.checkpoint import read_config_json, storage_dtype, verify_checkpoint
+from prunec.arch.precision import ITEMSIZE, install_upcast, resolve_dtypes
 from prunec.errors import BuildError
 
 if TYPE_CHECKING:
@@ -19,18 +20,25 @@ if TYPE_CHECKING:
 class LoadedModel:
     """A model ready to score and prune.
 
-    model: the transformers model, in eval mode, with the spec's dtype and device.
+    model: the transformers model, in eval mode, on the spec's device, weights in the held dtype.
     processor: AutoProcessor when the checkpoint has one (VLMs), else AutoTokenizer, else
         None (no tokenizer files at all).
     source_dir: the local checkpoint directory (a local path, or the hub cache snapshot when
-        it could be resolved); None when unknown. Emitters copy processor files from it.
+        it could be resolved); None when unknown. Emitters copy processor files from it, and
+        stream the pruned checkpoint from its safetensors shards.
     num_layers: decoder layer count at load time (before any surgery).
+    storage_dtype: the checkpoint's floating dtype on disk ("bfloat16", ...); artifacts keep it.
+    compute_dtype: the dtype forward passes compute in (the spec's `dtype`, resolved by
+        `prunec.arch.precision.resolve_dtypes`); weights are held in `storage_dtype` when
+        this is wider, and upcast module by module just in time.
     """
 
     model: nn.Module
     processor: Any
     source_dir: Path | None
     num_layers: int
+    storage_dtype: str = "float32"
+    compute_dtype: str = "float32"
 
 
 class LazyModel:
@@ -109,7 +117,16 @@ def _load_config(spec: ModelSpec, local_only: bool) -> Any:
         raise BuildError(f"cannot load the config {where}{hint}: {_one_line(exc)}") from exc
 
 
-def _load_weights(spec: ModelSpec, config: Any, local_only: bool) -> Any:
+def _config_dtype(config: Any) -> str | None:
+    for cfg in (config, config.get_text_config(decoder=True)):
+        value = getattr(cfg, "dtype", None)
+        name = str(value).removeprefix("torch.") if value is not None else None
+        if name in ITEMSIZE:
+            return name
+    return None
+
+
+def _load_weights(spec: ModelSpec, config: Any, local_only: bool, load_dtype: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -117,7 +134,10 @@ def _load_weights(spec: ModelSpec, config: Any, local_only: bool) -> Any:
     kwargs: dict[str, Any] = {
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
-        "dtype": "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype),
+        # The held dtype, never a wider one: a float32 request on a bf16 checkpoint would
+        # materialise a float32 copy (3x the checkpoint at the peak). Without a conversion,
+        # transformers maps the safetensors files and the weights are the file's pages.
+        "dtype": getattr(torch, load_dtype),
         "local_files_only": local_only,
     }
     if spec.device == "auto":
@@ -179,17 +199,35 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     VLMs (configs with a vision part) load via AutoModelForImageTextToText, text LMs via
     AutoModelForCausalLM. `trust_remote_code` is passed only as the spec says. When the hub
-    cannot be reached, a hub id loads from the local cache only (no retry storm).
+    cannot be reached, a hub id loads from the local cache only (no retry storm). The spec's
+    `dtype` is the compute dtype; weights stay in the checkpoint's dtype when that is
+    narrower (see `prunec.arch.precision`).
     """
+    import torch
+
     from prunec.arch.locate import locate_decoder
+    from prunec.progress import progress
 
     local_only = not spec.local and not hub_reachable()
-    config = _load_config(spec, local_only)
-    model = _load_weights(spec, config, local_only)
-    stack = locate_decoder(model)
+    with progress(f"loading {spec.source}") as bar:
+        config = _load_config(spec, local_only)
+        source_dir = _source_dir(spec)
+        stored = storage_dtype(source_dir) if source_dir is not None else None
+        stored = stored or _config_dtype(config) or "float32"
+        load_dtype, compute = resolve_dtypes(spec.dtype, stored, spec.device)
+        if spec.device == "auto":
+            load_dtype = compute  # accelerate's offload hooks own the forward: no upcast
+        bar.update(note=f"({stored} weights)")
+        model = _load_weights(spec, config, local_only, load_dtype)
+        if compute != load_dtype:
+            install_upcast(model, getattr(torch, compute))
+        stack = locate_decoder(model)
+        processor = load_processor(spec.source, spec.revision, spec.trust_remote_code, local_only)
     return LoadedModel(
         model=model,
-        processor=load_processor(spec.source, spec.revision, spec.trust_remote_code, local_only),
-        source_dir=_source_dir(spec),
+        processor=processor,
+        source_dir=source_dir or _source_dir(spec),
         num_layers=len(stack.layers),
+        storage_dtype=stored,
+        compute_dtype=compute,
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from prunec.errors import BuildError
 
-#: The file that marks a directory as published by prunec (hashes of every other file).
+#: The file that marks a directory as published by prunec (digests of every other file).
 MANIFEST = "prunec-manifest.json"
 #: Manifests of earlier prunec releases that also mark a directory as prunec's.
 LEGACY_MANIFESTS = ("onnx-manifest.json",)
@@ -58,15 +58,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(out_dir: Path, meta: Mapping[str, Any]) -> tuple[str, ...]:
-    """Write `prunec-manifest.json`: sha256 and size of every other file, plus `meta`.
+def write_manifest(
+    out_dir: Path,
+    meta: Mapping[str, Any],
+    known: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[str, ...]:
+    """Write `prunec-manifest.json`: a digest and the size of every other file, plus `meta`.
 
+    Files are hashed with sha256, except those in `known` (relative name -> entry such as
+    `{"xxh3_128": ..., "bytes": ...}`), whose digests were computed while they were written
+    (large weight shards: reading them again would cost as much as writing them).
     Returns every file of the directory (manifest included), relative to it.
     """
+    known = known or {}
     files = {
-        str(p.relative_to(out_dir)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        name: dict(known[name])
+        if name in known
+        else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(out_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST
+        for name in [str(p.relative_to(out_dir))]
     }
     manifest = {"prunec_version": prunec_version(), **meta, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

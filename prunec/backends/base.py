@@ -10,6 +10,9 @@ It owns:
 - `unsupported(config)`: why it cannot handle a model, from config.json alone (checked by
   `prunec check` when the config is readable, and by `build` before any work);
 - `streams`: whether it can write from the source checkpoint's files without weights in memory;
+- `prepare(job)`: for kinds that stream, what they need from the pruned model in memory (e.g.
+  reference outputs), taken before a build releases the model; passed to `emit` as
+  `job.prepared`;
 - `needs_samples`: whether it wants real calibration inputs for its parity checks;
 - `emit(job)`: write the artifact into a staging directory, self-check it and return a report
   whose `summary()` is the build log's line and whose `seconds` is the wall time.
@@ -62,6 +65,8 @@ class EmitJob:
     samples: real model inputs from the calibration data (only for kinds with
         `needs_samples`; empty otherwise).
     scores: calibration scores (None for a manual `remove` list).
+    prepared: what the kind's `prepare` returned while the model was still in memory (then
+        `loaded` is None: the build released the model); None otherwise.
     """
 
     plan: Plan
@@ -71,6 +76,7 @@ class EmitJob:
     loaded: LoadedModel | None = None
     samples: Sequence[Mapping[str, Any]] = ()
     scores: LayerScores | None = None
+    prepared: Any = None
 
 
 class Backend(ABC):
@@ -90,6 +96,11 @@ class Backend(ABC):
     def options(self, target: TargetSpec) -> Any:
         """The target's options as this kind's typed `Options`."""
         return self.Options.model_validate(target.options)
+
+    def prepare(self, job: EmitJob) -> Any:
+        """What `emit` will need from the pruned model `job.loaded`, taken before the build
+        releases it (called for kinds with `streams`, in builds that hold a model)."""
+        return None
 
     @abstractmethod
     def emit(self, job: EmitJob) -> TargetReport:

@@ -179,9 +179,12 @@ def calibration_batches(
 
 
 def model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Inputs on the model's input device, floats in its dtype, without training-only keys."""
+    """Inputs on the model's input device, floats in its compute dtype, without training-only
+    keys."""
+    from prunec.arch.precision import compute_dtype
+
     device = getattr(model, "device", torch.device("cpu"))
-    dtype = getattr(model, "dtype", torch.float32)
+    dtype = compute_dtype(model)
     out: dict[str, Any] = {}
     for key, value in inputs.items():
         if key in ("answer_mask", "labels"):

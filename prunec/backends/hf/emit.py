@@ -1,5 +1,15 @@
 """The Hugging Face checkpoint emitter: weights, config, processor, model card, manifest,
-and a fresh-process self-check with plain transformers."""
+and a fresh-process self-check with plain transformers.
+
+The weights are streamed from the source's safetensors shards (`prunec.backends.hf.stream`)
+whenever the source has them, so no second copy of the model is ever made in memory;
+`save_pretrained` of the model in memory is the fallback for other sources. Emission has two
+halves so that a build can release its model in between: `prepare_hf` takes what needs the
+pruned model (reference logits, and the fallback's weights), `finish_hf` writes and checks
+without it. The check reloads the whole checkpoint in a fresh process ("full") when it fits
+in the memory available, and otherwise makes the light check of
+`prunec.backends.hf.stream_check` (bytes, meta-device load, a prefix of the layers).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prunec.backends.atomic import prunec_version as _prunec_version
 from prunec.backends.atomic import write_manifest
@@ -23,6 +34,7 @@ from prunec.errors import BuildError
 if TYPE_CHECKING:
     from prunec.arch.loading import LoadedModel
 
+_T = TypeVar("_T")
 SELF_CHECK_SCRIPT = Path(__file__).with_name("selfcheck_script.py")
 #: Largest safetensors shard written; bigger models are sharded with an index file.
 MAX_SHARD_SIZE = "2GB"
@@ -46,13 +58,18 @@ class HFReport:
     """What `emit_hf` wrote and what its self-check measured.
 
     files: every file written, relative to the output directory (manifest included).
-    max_abs_logit_diff: largest |logit| difference between the reloaded checkpoint (fresh
-        process) and the pruned model in memory, over all checked inputs.
+    max_abs_logit_diff: largest |difference| the self-check found: between the reloaded
+        checkpoint's logits and the pruned model's ("full"), or between the outputs of the
+        checkpoint's first layers and the source's ("light").
     layer_map: old decoder index -> new index for the kept layers.
-    generate_ok: `generate` with KV cache ran after reload and produced tokens.
+    generate_ok: `generate` with KV cache ran after reload and produced tokens (light check:
+        decoding with the KV cache reproduced the full forward).
     seconds: wall time of the whole emission, self-check included.
     checked_inputs: how many input cases the self-check compared (0 = check skipped).
-    streamed: True when the weights were copied from the source shards (no model in memory).
+    streamed: True when the weights were streamed from the source shards.
+    check: "full" (the whole checkpoint reloaded and compared), "light" (bytes read back
+        against the source, meta-device load, numeric check of `checked_layers`), "none".
+    checked_layers: the light check's (source prefix, checkpoint prefix) layer counts.
     """
 
     files: tuple[str, ...]
@@ -62,13 +79,26 @@ class HFReport:
     seconds: float
     checked_inputs: int = 0
     streamed: bool = False
+    check: str = "full"
+    checked_layers: tuple[int, int] | None = None
 
     def summary(self) -> str:
         """One line for the build log."""
         how = "streamed, " if self.streamed else ""
+        generate = f"generate {'ok' if self.generate_ok else 'FAILED'}"
+        if self.check == "none":
+            return f"{how}not self-checked, {self.seconds:.1f}s"
+        if self.check == "light" and self.checked_layers is not None:
+            source, kept = self.checked_layers
+            cache = "KV-cache decode " + ("ok" if self.generate_ok else "not compared")
+            return (
+                f"{how}light check: bytes match the source, meta-device load clean, first "
+                f"{kept} layers vs source's {source} max |Δ| {self.max_abs_logit_diff:.2e}, "
+                f"{cache}, {self.seconds:.1f}s"
+            )
         return (
             f"{how}reload max |Δlogit| {self.max_abs_logit_diff:.2e}, "
-            f"generate {'ok' if self.generate_ok else 'FAILED'}, {self.seconds:.1f}s"
+            f"{generate}, {self.seconds:.1f}s"
         )
 
 
@@ -83,6 +113,7 @@ def emit_hf(
     sample_inputs: Sequence[Mapping[str, Any]] | None = None,
     self_check: bool = True,
     how_chosen: str = "",
+    dtype: str = "source",
 ) -> HFReport:
     """Write the pruned checkpoint into `out_dir` and prove it reloads in a fresh process.
 
@@ -94,39 +125,277 @@ def emit_hf(
     importance, original indexing) and `how_chosen` (Markdown: how the layers were selected,
     `prunec.report.how_chosen_markdown`) go into the model card. `sample_inputs` are the
     self-check's model inputs; by default a text prompt and, for VLMs, an image prompt are
-    built with the processor.
+    built with the processor. dtype: the checkpoint's floating dtype ("source": as stored).
+    The caller keeps its model while the check runs; a build releases it between
+    `prepare_hf` and `finish_hf` instead.
     """
     started = time.perf_counter()
+    prepared = prepare_hf(
+        loaded,
+        removed,
+        out_dir,
+        source=source,
+        scores=scores,
+        sample_inputs=sample_inputs,
+        dtype=dtype,
+        how_chosen=how_chosen,
+    )
+    return finish_hf(
+        prepared,
+        out_dir,
+        spec_text=spec_text,
+        self_check=self_check,
+        dtype=dtype,
+        started=started,
+    )
+
+
+@dataclass(frozen=True)
+class PreparedHF:
+    """What an HF target takes from the pruned model before the build releases it.
+
+    check: the full self-check with its reference logits (computed now, in the compute dtype).
+    removed / num_layers / layer_map: the selection, in original indexing.
+    source_dir: local safetensors to stream from; None when the weights could not be
+        streamed and were saved from memory already (`save_pretrained` fallback).
+    source: the model's name for the card and manifest. scores: for the card.
+    held_dtype: the dtype the model's weights were held in (its references' weights).
+    class_name / trust: how a fresh process loads the checkpoint.
+    """
+
+    check: SelfCheckJob
+    removed: tuple[int, ...]
+    num_layers: int
+    layer_map: dict[int, int]
+    source_dir: Path | None
+    source: str
+    scores: Mapping[str, Sequence[float]] | None
+    held_dtype: str
+    class_name: str
+    trust: bool
+    how_chosen: str = ""
+
+
+def streamable_source(source_dir: Path | None) -> Path | None:
+    """`source_dir` when it holds safetensors weights to stream from (a local folder or a hub
+    cache snapshot), else None."""
+    if source_dir is None or not Path(source_dir).is_dir():
+        return None
+    from prunec.arch.checkpoint import shard_names
+
+    try:
+        shard_names(Path(source_dir))
+    except BuildError:
+        return None
+    return Path(source_dir)
+
+
+def prepare_hf(
+    loaded: LoadedModel,
+    removed: Sequence[int],
+    out_dir: Path,
+    *,
+    source: str = "",
+    scores: Mapping[str, Sequence[float]] | None = None,
+    sample_inputs: Sequence[Mapping[str, Any]] | None = None,
+    dtype: str = "source",
+    how_chosen: str = "",
+) -> PreparedHF:
+    """Everything the HF target needs from the pruned model in memory (see `emit_hf`)."""
+    from prunec.arch.precision import held_dtype
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layer_map = _layer_map(loaded, removed)
     cases = [dict(c) for c in (sample_inputs or default_inputs(loaded))]
+    held = held_dtype(loaded.model, loaded.storage_dtype)
+    artifact = held if dtype == "source" else dtype
+    stream_from = streamable_source(loaded.source_dir)
+    if stream_from is not None and dtype == "source":
+        artifact = loaded.storage_dtype
     # Reference logits come from the pruned model in memory, before anything is written.
-    job = prepare_self_check(loaded, out_dir, cases) if self_check else None
-    _save_weights(loaded.model, out_dir)
-    _copy_processor(loaded, out_dir)
-    (out_dir / "README.md").write_text(
-        model_card(
-            source or str(loaded.source_dir or ""),
-            spec_text,
-            layer_map,
-            loaded.num_layers,
-            scores,
-            how_chosen=how_chosen,
-        )
+    job = prepare_self_check(loaded, out_dir, cases, artifact_dtype=artifact)
+    if stream_from is None:
+        _save_weights(loaded.model, out_dir, None if dtype == "source" else dtype)
+        _copy_processor(loaded, out_dir)
+    model: Any = loaded.model
+    return PreparedHF(
+        check=job,
+        removed=tuple(sorted(removed)),
+        num_layers=loaded.num_layers,
+        layer_map=layer_map,
+        source_dir=stream_from,
+        source=source or str(loaded.source_dir or ""),
+        scores=scores,
+        held_dtype=held,
+        class_name=type(model).__name__,
+        trust=type(model).__module__.startswith("transformers_modules"),
+        how_chosen=how_chosen,
     )
-    diff, generate_ok = 0.0, False
-    if job is not None:
-        [(diff, generate_ok)] = run_self_checks([job])
-    files = _write_manifest(out_dir, source, removed, layer_map)
+
+
+def finish_hf(
+    prepared: PreparedHF,
+    out_dir: Path,
+    *,
+    spec_text: str = "",
+    self_check: bool = True,
+    dtype: str = "source",
+    started: float | None = None,
+) -> HFReport:
+    """Write the checkpoint `prepare_hf` planned (streaming it when it can) and self-check
+    it: fully when the reload fits in memory, else with the light check."""
+    from prunec.backends.hf.stream import stream_prune_checkpoint
+
+    started = time.perf_counter() if started is None else started
+    out_dir = Path(out_dir)
+    if prepared.source_dir is None:
+        (out_dir / "README.md").write_text(
+            model_card(
+                prepared.source,
+                spec_text,
+                prepared.layer_map,
+                prepared.num_layers,
+                prepared.scores,
+                how_chosen=prepared.how_chosen,
+            )
+        )
+        files = _write_manifest(out_dir, prepared.source, prepared.removed, prepared.layer_map)
+        outcome = _full_check(prepared.check) if self_check else None
+        return _report(files, prepared.layer_map, outcome, started, streamed=False)
+
+    from prunec.backends.hf.stream import pruned_layout
+    from prunec.backends.hf.stream_check import light_check
+
+    layout = pruned_layout(prepared.source_dir, prepared.removed)
+    mode = "none"
+    if self_check:
+        size = _artifact_bytes(prepared.source_dir, layout.renames, dtype)
+        mode = "full" if fits_in_memory(size) else "light"
+    with ExitStack() as stack:
+        light = None
+        if mode == "light":
+            light = stack.enter_context(
+                light_check(
+                    layout,
+                    prepared.source_dir,
+                    out_dir,
+                    class_name=prepared.class_name,
+                    trust=prepared.trust,
+                )
+            )
+        written = stream_prune_checkpoint(
+            prepared.source_dir,
+            out_dir,
+            prepared.removed,
+            spec_text=spec_text,
+            dtype=dtype,
+            scores=prepared.scores,
+            source=prepared.source,
+            how_chosen=prepared.how_chosen,
+        )
+        artifact = written.dtype if written.dtype != "source" else None
+        if light is not None:
+            result = _checked_bytes(
+                out_dir,
+                written.digests,
+                lambda: light.finish(tolerance(light_dtypes(prepared.held_dtype, artifact))),
+            )
+            return HFReport(
+                files=written.files,
+                max_abs_logit_diff=result.diff,
+                layer_map=written.layer_map,
+                generate_ok=result.generate_ok,
+                seconds=time.perf_counter() - started,
+                checked_inputs=1,
+                streamed=True,
+                check="light",
+                checked_layers=result.layers,
+            )
+    outcome = (
+        _checked_bytes(out_dir, written.digests, lambda: _full_check(prepared.check))
+        if mode == "full"
+        else None
+    )
+    return _report(written.files, written.layer_map, outcome, started, streamed=True)
+
+
+def _report(
+    files: tuple[str, ...],
+    layer_map: dict[int, int],
+    outcome: tuple[float, bool, int] | None,
+    started: float,
+    *,
+    streamed: bool,
+) -> HFReport:
+    diff, generate_ok, inputs = outcome if outcome is not None else (0.0, False, 0)
     return HFReport(
         files=files,
         max_abs_logit_diff=diff,
         layer_map=layer_map,
         generate_ok=generate_ok,
         seconds=time.perf_counter() - started,
-        checked_inputs=len(cases) if self_check else 0,
+        checked_inputs=inputs,
+        streamed=streamed,
+        check="full" if outcome is not None else "none",
     )
+
+
+def _full_check(job: SelfCheckJob) -> tuple[float, bool, int]:
+    [(diff, generate_ok)] = run_self_checks([job])
+    return diff, generate_ok, len(job.payload["cases"])
+
+
+def _checked_bytes(
+    out_dir: Path, digests: Mapping[str, Mapping[str, Any]], check: Callable[[], _T]
+) -> _T:
+    """Run `check` while the written weight shards are read back against their digests
+    (the fresh process and the read overlap); BuildError naming every problem."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prunec.backends.hf.stream import verify_digests
+
+    with ThreadPoolExecutor(1) as pool:
+        bytes_checked = pool.submit(verify_digests, out_dir, digests)
+        try:
+            result = check()
+        finally:
+            problems = bytes_checked.result()
+    if problems:
+        raise BuildError("self-check failed: " + "; ".join(problems))
+    return result
+
+
+def _artifact_bytes(source_dir: Path, renames: Mapping[str, Mapping[str, str]], dtype: str) -> int:
+    """Tensor bytes the kept tensors take in the artifact (`renames`: shard -> kept names)."""
+    from prunec.arch.checkpoint import FLOAT_CODES, read_header
+    from prunec.arch.precision import ITEMSIZE
+
+    total = 0
+    for shard, rename in renames.items():
+        header, _ = read_header(source_dir / shard)
+        for name, info in header.items():
+            if name not in rename:
+                continue
+            size = info["data_offsets"][1] - info["data_offsets"][0]
+            if dtype != "source" and info["dtype"] in FLOAT_CODES:
+                size = size // ITEMSIZE[FLOAT_CODES[info["dtype"]]] * ITEMSIZE[dtype]
+            total += size
+    return total
+
+
+def fits_in_memory(size: int) -> bool:
+    """Whether a fresh process can hold a checkpoint of `size` bytes next to what runs now:
+    1.25x its size plus 1 GiB of the memory Linux reports available (assumed true where
+    that cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                return size * 1.25 + (1 << 30) <= available
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def _layer_map(loaded: LoadedModel, removed: Sequence[int]) -> dict[int, int]:
@@ -238,8 +507,15 @@ def _image_inputs(processor: Any, text: str) -> dict[str, Any] | None:
 def _reference_logits(model: Any, inputs: Mapping[str, Any]) -> Any:
     import torch
 
+    from prunec.arch.precision import compute_dtype
+
     device = getattr(model, "device", torch.device("cpu"))
+    dtype = compute_dtype(model)
     moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    moved = {
+        k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in moved.items()
+    }
     with torch.no_grad():
         return model(**moved).logits.float().cpu()
 
@@ -247,7 +523,13 @@ def _reference_logits(model: Any, inputs: Mapping[str, Any]) -> Any:
 # --- files ----------------------------------------------------------------------------------
 
 
-def _save_weights(model: Any, out_dir: Path) -> None:
+def _save_weights(model: Any, out_dir: Path, dtype: str | None = None) -> None:
+    """The fallback for sources without local safetensors: `save_pretrained` from memory,
+    in `dtype` (None: the held dtype, the upcast's small parameters included)."""
+    import torch
+
+    from prunec.arch.precision import hold_small_parameters
+
     # VLM configs validate their text config only at load time; fail here, not for users.
     for config in (model.config, model.config.get_text_config(decoder=True)):
         validate = getattr(config, "validate", None)
@@ -256,7 +538,21 @@ def _save_weights(model: Any, out_dir: Path) -> None:
                 validate()
             except (ValueError, TypeError) as exc:
                 raise BuildError(f"the pruned config is invalid: {exc}") from exc
-    model.save_pretrained(out_dir, max_shard_size=MAX_SHARD_SIZE)
+    with hold_small_parameters(model):
+        if dtype is None:
+            model.save_pretrained(out_dir, max_shard_size=MAX_SHARD_SIZE)
+            return
+        # A converted copy (this fallback only): the model in memory stays as it is.
+        target = getattr(torch, dtype)
+        state = {
+            k: v.to(target) if v.is_floating_point() else v for k, v in model.state_dict().items()
+        }
+        stored = model.config.dtype
+        model.config.dtype = target
+        try:
+            model.save_pretrained(out_dir, state_dict=state, max_shard_size=MAX_SHARD_SIZE)
+        finally:
+            model.config.dtype = stored
 
 
 def _copy_processor(loaded: LoadedModel, out_dir: Path) -> None:
@@ -346,12 +642,40 @@ def _expected_config(loaded: LoadedModel) -> dict[str, Any]:
     return expected
 
 
-def _tolerance(model: Any, reference: Any) -> float:
-    import torch
+#: Allowed max |difference| of a self-check, relative to max(1, the reference's largest
+#: |value|), by the least precise dtype among those compared (measured margins: a float32
+#: reference against a bf16 reload of a 28-layer model differs by ~2% of the scale).
+TOLERANCE = {"float32": 1e-4, "float16": 3e-2, "bfloat16": 6e-2}
 
-    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    scale = max(1.0, float(reference.abs().max()))
-    return (3e-2 if half else 1e-4) * scale
+
+def tolerance(dtypes: Iterable[str]) -> float:
+    """The relative tolerance for comparing results computed in or from `dtypes`."""
+    return max(TOLERANCE.get(d, TOLERANCE["float32"]) for d in dtypes)
+
+
+def _lossy(held: str, artifact: str) -> bool:
+    """Whether converting weights from `held` to `artifact` can change them (float32 holds
+    every float16 and bfloat16 value exactly)."""
+    return artifact not in (held, "float32")
+
+
+def compared_dtypes(compute: str, held: str, artifact: str) -> set[str]:
+    """The dtypes a full self-check compares: the reference is computed in `compute` from
+    weights held in `held`; the fresh process reloads `artifact` weights and computes in
+    `compute` when that is wider, else in `artifact` (see selfcheck_script.py)."""
+    from prunec.arch.precision import ITEMSIZE
+
+    reload = compute if ITEMSIZE.get(compute, 4) >= ITEMSIZE.get(artifact, 4) else artifact
+    dtypes = {compute, reload}
+    if _lossy(held, artifact):
+        dtypes.add(artifact)
+    return dtypes
+
+
+def light_dtypes(stored: str, artifact: str | None) -> set[str]:
+    """The dtypes the light check compares: both sides compute in float32, from the source's
+    weights and from the artifact's (`artifact` None: the same bytes)."""
+    return {"float32"} | ({artifact} if artifact and _lossy(stored, artifact) else set())
 
 
 @dataclass(frozen=True)
@@ -374,27 +698,36 @@ def prepare_self_check(
     out_dir: Path,
     cases: Sequence[Mapping[str, Any]],
     references: Sequence[Any] | None = None,
+    artifact_dtype: str | None = None,
 ) -> SelfCheckJob:
     """Package a self-check job for `cases`.
 
     references: expected logits per case (e.g. the original model run under `skip_layers`);
-    by default computed now from the pruned model in memory.
+    by default computed now from the pruned model in memory, in its compute dtype.
+    artifact_dtype: the dtype the checkpoint's weights are written in (None: the held one);
+    with the compute dtype it sets the tolerance (`compared_dtypes`).
     """
+    from prunec.arch.precision import compute_dtype, held_dtype
+
     model: Any = loaded.model
     if references is None:
         references = [_reference_logits(model, c) for c in cases]
     expected_config = _expected_config(loaded)
+    compute = str(compute_dtype(model)).removeprefix("torch.")
+    held = held_dtype(model, loaded.storage_dtype)
     payload = {
         "class_name": type(model).__name__,
         "is_vlm": _is_vlm(model),
         "trust": type(model).__module__.startswith("transformers_modules"),
         "layer_counts": list(expected_config),
+        "compute_dtype": compute,
         "cases": [
             {"inputs": {k: v.cpu() if hasattr(v, "cpu") else v for k, v in c.items()}, "logits": r}
             for c, r in zip(cases, references, strict=True)
         ],
     }
-    tolerances = tuple(_tolerance(model, r) for r in references)
+    relative = tolerance(compared_dtypes(compute, held, artifact_dtype or held))
+    tolerances = tuple(relative * max(1.0, float(r.abs().max())) for r in references)
     return SelfCheckJob(Path(out_dir), payload, expected_config, tolerances)
 
 
@@ -406,6 +739,8 @@ def run_self_checks(jobs: Sequence[SelfCheckJob]) -> list[tuple[float, bool]]:
     """
     import torch
 
+    from prunec.progress import progress
+
     with tempfile.TemporaryDirectory(prefix="prunec-selfcheck-") as tmp:
         triples = []
         for i, job in enumerate(jobs):
@@ -416,7 +751,8 @@ def run_self_checks(jobs: Sequence[SelfCheckJob]) -> list[tuple[float, bool]]:
         jobs_file.write_text(json.dumps(triples))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
         cmd = [sys.executable, "-I", str(SELF_CHECK_SCRIPT), str(jobs_file)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        with progress(f"self-check: reloading {len(jobs)} checkpoint(s) in a fresh process"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
         results = [json.loads(Path(t[2]).read_text()) for t in triples if Path(t[2]).exists()]
         if proc.returncode != 0 or len(results) != len(jobs):
             failed = jobs[len(results)].out_dir if len(results) < len(jobs) else "?"

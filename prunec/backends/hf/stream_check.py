@@ -1,91 +1,294 @@
-"""Self-check of a streamed checkpoint, run in a child process so the build never loads weights.
+"""The light self-check: proves a streamed checkpoint right without holding a model anywhere.
 
-The child loads the ORIGINAL model, runs it with the removed layers skipped
-(`prunec.arch.skip_layers`, the same changes as `remove_layers`) to get reference logits, and
-hands them to the usual fresh-process check (`prunec.backends.hf.emit.run_self_checks`), which
-reloads the streamed checkpoint with plain transformers and compares. Each process holds one
-copy of the model at most; the build process holds none.
+Used when no process may hold a whole model: builds that stream without loading weights
+(flat memory by design), and in-memory builds whose artifact would not fit beside what is
+left. Three checks, each cheap:
 
-    python -m prunec.backends.hf.stream_check MODEL_SPEC_JSON OUT_DIR REMOVED_JSON RESULT_JSON
+1. bytes: every weight shard is read back once and its digest compared with the one
+   computed from the source bytes while streaming (`stream.verify_digests`);
+2. names, shapes and config: a fresh process (plain transformers, never prunec) loads the
+   whole checkpoint on the meta device (no tensor data) and reports missing, unexpected or
+   mismatched keys and the layer counts it read;
+3. numbers: the same process runs the first layers of the source, with the removed ones made
+   identities (what removal means), and the matching first layers of the checkpoint, on
+   synthetic token ids, in float32, and compares the decoder outputs; then decodes the last
+   token with the KV cache of the others (what `generate` does). The prefix covers the
+   first removed layer and the layer after it when that fits in a sixth of the checkpoint
+   (or 256 MiB), so the check's memory stays a small share of the model's.
+
+The fresh process starts before the checkpoint is written: its imports and the source's
+reference overlap the copy, and it reads the checkpoint only when told it is complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from prunec.arch.checkpoint import read_header
+from prunec.backends.hf.stream import PrunedLayout
 from prunec.errors import BuildError
-from prunec.plan.model import ModelSpec
 
-if TYPE_CHECKING:
-    from prunec.backends.hf.emit import SelfCheckJob
+SELF_CHECK_SCRIPT = Path(__file__).with_name("selfcheck_script.py")
+#: The numeric check's source prefix may hold this share of the checkpoint's bytes, or
+#: `PREFIX_FLOOR` bytes when that is more (small models are checked deep enough).
+PREFIX_SHARE = 1 / 6
+PREFIX_FLOOR = 256 << 20
+#: Length of the synthetic prompt (ids from the middle of the vocabulary).
+PROMPT_TOKENS = 12
 
 
-def self_check_streamed(
-    model: ModelSpec, out_dir: Path, removed: Sequence[int]
-) -> tuple[float, bool, int]:
-    """(max |logit diff|, generate ok, inputs checked) for the streamed checkpoint `out_dir`.
+@dataclass(frozen=True)
+class LightResult:
+    """What the light check measured.
 
-    Raises BuildError when the checkpoint does not reproduce the original with `removed`
-    skipped, does not load with plain transformers, or cannot generate.
+    diff: largest |difference| between the decoder outputs of the source prefix (removed
+        layers as identities) and the checkpoint prefix. scale: the reference's largest
+        |value|. layers: (source prefix length, checkpoint prefix length).
+    generate_ok: decoding the last token with the KV cache of the others reproduced the full
+        forward's last position (what `generate` relies on); False when the decoder attends
+        both ways (a prefix LM such as PaliGemma's), where the two legitimately differ.
     """
-    result_path = Path(out_dir).parent / f".{Path(out_dir).name}.selfcheck.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        __name__,
-        model.model_dump_json(),
-        str(out_dir),
-        json.dumps(list(removed)),
-        str(result_path),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        if proc.returncode != 0 or not result_path.exists():
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            reason = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise BuildError(f"self-check of the streamed checkpoint failed: {reason}")
-        result = json.loads(result_path.read_text())
-    finally:
-        result_path.unlink(missing_ok=True)
-    return float(result["diff"]), bool(result["generate_ok"]), int(result["inputs"])
+
+    diff: float
+    scale: float
+    layers: tuple[int, int]
+    generate_ok: bool
 
 
-def streamed_check_job(model: ModelSpec, out_dir: Path, removed: Sequence[int]) -> SelfCheckJob:
-    """The fresh-process check of the streamed checkpoint `out_dir`: the ORIGINAL `model` run
-    with `removed` skipped, on `default_inputs` (synthetic ids when the model folder has no
-    usable tokenizer). The original is released when this returns."""
-    from prunec.arch import skip_layers
-    from prunec.arch.loading import load_model
-    from prunec.backends.hf.emit import default_inputs, prepare_self_check
-
-    loaded = load_model(model)
-    cases = default_inputs(loaded)
-    with skip_layers(loaded.model, removed):
-        return prepare_self_check(loaded, Path(out_dir), cases)
-
-
-def _main(argv: Sequence[str]) -> None:
-    from prunec.backends.hf.emit import run_self_checks
-
-    spec_json, out_dir, removed_json, result_path = argv
-    removed = [int(i) for i in json.loads(removed_json)]
-    job = streamed_check_job(ModelSpec.model_validate_json(spec_json), Path(out_dir), removed)
-    # The original model is freed by now: the fresh checking process loads the pruned copy.
-    [(diff, generate_ok)] = run_self_checks([job])
-    inputs = len(job.payload["cases"])
-    Path(result_path).write_text(
-        json.dumps({"diff": diff, "generate_ok": generate_ok, "inputs": inputs})
-    )
+def synthetic_ids(config: Mapping[str, Any], count: int = PROMPT_TOKENS) -> list[int]:
+    """`count` ids from the middle of the vocabulary, skipping every id the config names
+    (`*_token_id`, `*_token_index`: pad, bos, eos, image tokens), so no image placeholder
+    appears without pixels. Ordinary words sit in the middle of real vocabularies."""
+    text = _text_section(config)
+    special: set[int] = set()
+    for section in (config, text):
+        for key, value in section.items():
+            if key.endswith(("_token_id", "_token_ids", "_token_index")):
+                values = value if isinstance(value, list) else [value]
+                special.update(v for v in values if isinstance(v, int))
+    vocab = int(text.get("vocab_size") or config.get("vocab_size") or 2 * count + 2)
+    ordinary = (i for i in chain(range(vocab // 2, vocab), range(vocab // 2)) if i not in special)
+    return list(islice(ordinary, count))
 
 
-if __name__ == "__main__":
-    try:
-        _main(sys.argv[1:])
-    except BuildError as err:
-        print(f"{err}", file=sys.stderr)
-        raise SystemExit(3) from None
+def _text_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("text_config", "language_config", "llm_config"):
+        if isinstance(config.get(key), dict):
+            return config[key]  # type: ignore[no-any-return]
+    return config
+
+
+def prefix_lengths(layout: PrunedLayout, source_dir: Path) -> tuple[int, int]:
+    """(source layers, checkpoint layers) of the numeric check's prefixes."""
+    total = layer_bytes = 0
+    for shard in layout.renames:
+        header, _ = read_header(source_dir / shard)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            size = info["data_offsets"][1] - info["data_offsets"][0]
+            total += size
+            if layout.entry.rename_tensor(name, {}, {}) is None:  # a decoder layer's tensor
+                layer_bytes += size
+    per_layer = max(1, layer_bytes // max(1, layout.num_layers))
+    affordable = max(1, int(max(total * PREFIX_SHARE, PREFIX_FLOOR)) // per_layer)
+    removed = layout.removed
+    wanted = removed[0] + 2 if removed else 1
+    source_layers = min(wanted, affordable, layout.num_layers)
+    kept = sorted(layout.layer_map)
+    if not any(i < source_layers for i in kept):
+        source_layers = kept[0] + 1
+    return source_layers, sum(1 for i in kept if i < source_layers)
+
+
+def expected_counts(layout: PrunedLayout) -> dict[str, Any]:
+    """Dotted config keys -> the values a correct reload must show (layer count and every
+    per-layer list)."""
+    entry = layout.entry
+    prefix = f"{entry.text_config}." if entry.text_config else ""
+    text = layout.config[entry.text_config] if entry.text_config else layout.config
+    expected: dict[str, Any] = {f"{prefix}{entry.num_layers_key}": len(layout.layer_map)}
+    for key in ("layer_types", *entry.layer_lists):
+        if isinstance(text.get(key), list):
+            expected[f"{prefix}{key}"] = text[key]
+    return expected
+
+
+class LightCheck:
+    """The light check's fresh process; use as a context manager around the writing.
+
+    with light_check(layout, source_dir, out_dir) as check:
+        ...write the checkpoint...
+        result = check.finish(tolerance)
+    """
+
+    def __init__(self, payload: dict[str, Any], expected: Mapping[str, Any]) -> None:
+        self.expected = dict(expected)
+        self.payload = payload
+        self._tmp = tempfile.TemporaryDirectory(prefix="prunec-lightcheck-")
+        tmp = Path(self._tmp.name)
+        self._result = tmp / "result.json"
+        jobs = tmp / "jobs.json"
+        jobs.write_text(json.dumps([{"payload": payload, "result": str(self._result)}]))
+        self._log = (tmp / "stderr.txt").open("w+")
+        self._proc = subprocess.Popen(
+            light_command(jobs),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=fresh_environment(),
+            text=True,
+        )
+
+    def __enter__(self) -> LightCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the process if it still runs (a failed or interrupted build) and clean up."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()
+        self._tmp.cleanup()
+
+    def finish(self, tolerance: float, timeout: float = 3600) -> LightResult:
+        """Tell the process the checkpoint is complete and judge what it reports.
+
+        tolerance: allowed |difference| relative to max(1, the reference's scale).
+        BuildError naming every problem.
+        """
+        from prunec.progress import progress
+
+        with progress("self-check: fresh process, meta load and prefix comparison"):
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.write("go\n")
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass  # it died already; its log says why
+            try:
+                code = self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+        if code != 0 or not self._result.exists():
+            self._log.seek(0)
+            lines = self._log.read().strip().splitlines()
+            reason = lines[-1] if lines else f"exit code {code}"
+            raise BuildError(
+                "self-check failed: the checkpoint does not load with plain transformers in a "
+                f"fresh process: {reason}"
+            )
+        result = json.loads(self._result.read_text())
+        layers = (self.payload["source_layers"], self.payload["kept_layers"])
+        found = problems({**result, "layers": layers}, self.expected, tolerance)
+        if found:
+            raise BuildError("self-check failed: " + "; ".join(found))
+        decoded = result["cache_diff"] is not None
+        return LightResult(float(result["diff"]), float(result["scale"]), layers, decoded)
+
+
+def light_command(jobs: Path) -> list[str]:
+    """The fresh process of the light check for the jobs file `jobs` (see the script)."""
+    return [sys.executable, "-I", str(SELF_CHECK_SCRIPT), "--light", str(jobs)]
+
+
+def fresh_environment() -> dict[str, str]:
+    """This environment without what would let the fresh process import prunec."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+
+
+def problems(result: Mapping[str, Any], expected: Mapping[str, Any], tolerance: float) -> list[str]:
+    """Everything wrong in one light check's result (`tolerance`: relative)."""
+    found = _problems(result, expected)
+    allowed = tolerance * max(1.0, float(result["scale"]))
+    source, kept = result.get("layers", ("?", "?"))
+    if not result["diff"] <= allowed:
+        found.append(
+            f"the first {kept} layers differ from the source's first {source} "
+            f"(removed layers skipped) by {result['diff']:.3g} (tolerance {allowed:.3g})"
+        )
+    if result["cache_diff"] is not None and not result["cache_diff"] <= allowed:
+        found.append(
+            "decoding the last token with the KV cache differs from the full forward by "
+            f"{result['cache_diff']:.3g} (tolerance {allowed:.3g})"
+        )
+    return found
+
+
+def _problems(result: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if result[kind]:
+            shown = ", ".join(result[kind][:5])
+            problems.append(f"{len(result[kind])} {kind.replace('_', ' ')} on reload ({shown})")
+    for key, want in expected.items():
+        got = result["config_counts"].get(key)
+        if got != want:
+            problems.append(f"reloaded config `{key}` is {got!r}, expected {want!r}")
+    if result.get("prunec_imported"):
+        problems.append("the fresh process imported prunec (the check must not depend on it)")
+    return problems
+
+
+def light_check(
+    layout: PrunedLayout,
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    class_name: str = "",
+    trust: bool = False,
+) -> LightCheck:
+    """Start the light check of the checkpoint that is about to be written into `out_dir`."""
+    payload = light_payload(layout, source_dir, out_dir, class_name=class_name, trust=trust)
+    return LightCheck(payload, expected_counts(layout))
+
+
+def light_payload(
+    layout: PrunedLayout,
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    class_name: str = "",
+    trust: bool = False,
+) -> dict[str, Any]:
+    """What the fresh process needs to check `out_dir` against `source_dir` (JSON)."""
+    config = layout.config
+    source_layers, kept_layers = prefix_lengths(layout, source_dir)
+    architectures = config.get("architectures") or [""]
+    return {
+        "source": str(source_dir),
+        "checkpoint": str(out_dir),
+        "removed": layout.removed,
+        "source_layers": source_layers,
+        "kept_layers": kept_layers,
+        "input_ids": synthetic_ids(config),
+        "class_name": class_name or str(architectures[0]),
+        "is_vlm": "vision_config" in config,
+        "trust": trust,
+        "compute_dtype": "float32",
+        "layer_counts": list(expected_counts(layout)),
+    }
+
+
+__all__ = [
+    "LightCheck",
+    "LightResult",
+    "expected_counts",
+    "light_check",
+    "light_command",
+    "light_payload",
+    "problems",
+    "synthetic_ids",
+]
