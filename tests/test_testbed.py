@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from prunec.testbed import MARKER, TrainConfig, ensure_testbed
-from prunec.testbed.processor import IMAGE_SEQ_LENGTH, build_processor
-from prunec.testbed.synth import CELL, GRID, sample, vocabulary
-from prunec.testbed.train import _Encoder, held_out, pixel_values
+from prunec.testbed import (
+    MARKER,
+    RESULTS_TESTBEDS,
+    TESTBEDS,
+    TrainConfig,
+    default_root,
+    ensure_testbed,
+)
+from prunec.testbed.processor import FAMILIES, IMAGE_SEQ_LENGTH, build_processor
+from prunec.testbed.skills import COLOURS, ROWS, SEGMENTS, SHAPES
+from prunec.testbed.synth import CELL, GRID, sample, task_set, vocabulary
+from prunec.testbed.train import _Encoder, held_out
 
 #: A recipe small enough to train in a second or two: the tests check the machinery, not
 #: the accuracy (the full recipe's accuracy is measured by `python -m prunec.testbed`).
@@ -53,6 +61,8 @@ def test_samples_are_deterministic_and_answers_match_the_pictures() -> None:
 def test_unknown_domain_is_rejected() -> None:
     with pytest.raises(ValueError, match="math"):
         sample("poetry", random.Random(0))
+    with pytest.raises(ValueError, match="math"):
+        task_set("skills").sample("poetry", random.Random(0))
 
 
 def test_held_out_sets_are_disjoint() -> None:
@@ -61,25 +71,154 @@ def test_held_out_sets_are_disjoint() -> None:
     assert len(keys) == len(set(keys)) == 2 * 90
 
 
-def test_training_batches_match_the_saved_processor(tmp_path: Path) -> None:
-    processor = build_processor()
-    processor.save_pretrained(tmp_path)
+@pytest.mark.parametrize(
+    ("family", "tasks"), [("llava", "demo"), ("llava", "skills"), ("idefics3", "skills-b")]
+)
+def test_training_batches_match_the_saved_processor(
+    tmp_path: Path, family: str, tasks: str
+) -> None:
+    """What training feeds the model is exactly what the saved processor makes of a sample."""
     from transformers import AutoProcessor
 
+    task_set_ = task_set(tasks)
+    processor = build_processor(family, task_set_)
+    processor.save_pretrained(tmp_path)
     reloaded = AutoProcessor.from_pretrained(tmp_path)
-    s = sample("general", random.Random(3))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.text}]}]
-    prompt = reloaded.apply_chat_template(messages, add_generation_prompt=True)
-    reference = reloaded(images=[s.image], text=[prompt], return_tensors="pt")
-    batch = _Encoder(processor).batch([s])
-    prompt_len = reference["input_ids"].shape[1]
-    assert batch["input_ids"][0, :prompt_len].tolist() == reference["input_ids"][0].tolist()
-    assert int((reference["input_ids"] == reloaded.image_token_id).sum()) == IMAGE_SEQ_LENGTH
-    torch.testing.assert_close(
-        pixel_values([s.image]), reference["pixel_values"], atol=1e-6, rtol=0
-    )
-    answer = batch["labels"][0][batch["labels"][0] != -100].tolist()
-    assert reloaded.tokenizer.decode(answer, skip_special_tokens=True).strip() == s.answer
+    assert type(reloaded) is type(processor)
+    rng = random.Random(3)
+    samples = [task_set_.sample(d, rng) for d in ("math", "general", "math")]
+    batch = _Encoder(processor, family, task_set_).batch(samples)
+    for row, s in enumerate(samples):
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.text}]}
+        ]
+        prompt = reloaded.apply_chat_template(messages, add_generation_prompt=True)
+        reference = reloaded(images=[s.image], text=[prompt], return_tensors="pt")
+        prompt_len = reference["input_ids"].shape[1]
+        assert batch["input_ids"][row, :prompt_len].tolist() == reference["input_ids"][0].tolist()
+        image_tokens = int((reference["input_ids"] == reloaded.image_token_id).sum())
+        assert image_tokens == task_set_.grid**2
+        for key, value in reference.items():
+            if key not in ("input_ids", "attention_mask"):
+                assert batch[key].dtype == value.dtype, key
+                torch.testing.assert_close(batch[key][row : row + 1], value, atol=1e-6, rtol=0)
+        labels = batch["labels"][row]
+        answer = labels[labels != -100].tolist()
+        assert reloaded.tokenizer.decode(answer, skip_special_tokens=True).strip() == s.answer
+    if tasks == "demo":
+        assert image_tokens == IMAGE_SEQ_LENGTH
+
+
+def _read_digit(pixels: Any) -> int | None:
+    """Decode a seven-segment digit from the black pixels of one cell (None: no digit)."""
+    ys, xs = np.nonzero((pixels < 60).all(axis=-1))
+    if len(xs) == 0:
+        return None
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    if x1 - x0 < 3:
+        return 1  # only the right-hand segments
+    cx, cy, q1, q3 = (x0 + x1) // 2, (y0 + y1) // 2, y0 + (y1 - y0) // 4, y0 + 3 * (y1 - y0) // 4
+    probes = {"a": (cx, y0), "b": (x1, q1), "c": (x1, q3), "d": (cx, y1)}
+    probes |= {"e": (x0, q3), "f": (x0, q1), "g": (cx, cy)}
+    lit = {seg for seg, (x, y) in probes.items() if (pixels[y, x] < 60).all()}
+    return next(d for d, segs in SEGMENTS.items() if set(segs) == lit)
+
+
+def _cells(image: Any, grid: int, cell: int) -> list[Any]:
+    pixels = np.asarray(image)
+    return [
+        pixels[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
+        for r in range(grid)
+        for c in range(grid)
+    ]
+
+
+@pytest.mark.parametrize("name", ["skills", "skills-b"])
+def test_multi_skill_answers_match_the_pictures(name: str) -> None:
+    """Decode every math picture independently (digit, dot count) and check the answer."""
+    tasks = task_set(name)
+    rng = random.Random(11)
+    seen: set[str] = set()
+    for _ in range(150):
+        s = tasks.sample("math", rng)
+        seen.add(s.task)
+        cells = _cells(s.image, tasks.grid, tasks.cell)
+        digits = [d for c in cells if (d := _read_digit(c)) is not None]
+        dots = sum(bool((c < 200).any()) for c in cells) - 1
+        assert len(digits) == 1, "exactly one digit per picture"
+        expected = {
+            "count": str(dots),
+            "read": str(digits[0]),
+            "add": str(digits[0] + dots),
+            "compare": "yes" if dots > digits[0] else "no",
+        }.get(s.task)
+        if expected is not None:
+            assert s.answer == expected, (s.task, s.text)
+        assert tasks.task_of("math", s.text) == s.task
+        assert set(s.text.split()) | {s.answer} <= set(tasks.words)
+    assert seen == set(tasks.tasks["math"])
+    seen.clear()
+    for _ in range(80):
+        s = tasks.sample("general", rng)
+        seen.add(s.task)
+        objects = [
+            (_object(c), ROWS[i // tasks.grid])
+            for i, c in enumerate(_cells(s.image, tasks.grid, tasks.cell))
+            if (c < 200).any()
+        ]
+        assert len(objects) in (2, 3)
+        named = [w for w in s.text.split() if w in (*COLOURS, *SHAPES)]
+        assert len(named) == 1 and tasks.task_of("general", s.text) == s.task
+        (shape, colour), row = next(o for o in objects if named[0] in o[0])
+        assert s.answer == {"colour": colour, "shape": shape, "place": row}[s.task]
+    assert seen == set(tasks.tasks["general"])
+
+
+def _object(pixels: Any) -> tuple[str, str]:
+    """(shape, colour) of the one object in a cell: shape from how much of its bounding box it
+    fills (square ~1, circle ~pi/4, triangle ~1/2), colour the nearest of the palette."""
+    ink = (pixels < 200).any(axis=-1)
+    ys, xs = np.nonzero(ink)
+    fill = ink.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    shape = "square" if fill > 0.92 else "circle" if fill > 0.68 else "triangle"
+    mean = pixels[ink].mean(axis=0)
+    colour = min(COLOURS, key=lambda c: float(np.abs(mean - np.array(COLOURS[c])).sum()))
+    return shape, colour
+
+
+@pytest.mark.parametrize("name", ["demo", "skills", "skills-b"])
+def test_task_sets_are_deterministic(name: str) -> None:
+    tasks = task_set(name)
+    first = [tasks.sample(d, random.Random(7)) for d in ("math", "general")]
+    again = [tasks.sample(d, random.Random(7)) for d in ("math", "general")]
+    assert [(s.key(), s.answer, s.task) for s in first] == [
+        (s.key(), s.answer, s.task) for s in again
+    ]
+    config = dataclasses.replace(TINY, tasks=name, calib_samples=5, eval_samples=7)
+    held, held_again = held_out(config), held_out(config)
+    assert [s.key() for s in held.eval["math"]] == [s.key() for s in held_again.eval["math"]]
+    with pytest.raises(ValueError, match="no math question"):
+        tasks.task_of("math", "what is this ?")
+
+
+def test_unknown_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="skills"):
+        task_set("skilz")
+    with pytest.raises(ValueError, match="llava"):
+        build_processor("qwen", task_set("skills"))
+    with pytest.raises(ValueError, match="results-llava"):
+        default_root("results")
+
+
+def test_results_testbeds_differ_and_have_sixteen_layers() -> None:
+    configs = [TESTBEDS[kind] for kind in RESULTS_TESTBEDS]
+    assert len(configs) >= 2
+    assert {c.num_layers for c in configs} == {16}
+    assert len({c.family for c in configs}) == len(configs) == len({c.seed for c in configs})
+    assert len({c.tasks for c in configs}) == len(configs)
+    assert {c.family for c in configs} <= set(FAMILIES)
+    assert default_root("demo") == Path("build/testbed")
+    assert default_root("results-llava") == Path("build/testbed-results-llava")
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +242,30 @@ def test_ensure_testbed_writes_a_hub_like_model_and_data(trained: Any) -> None:
     info = json.loads((trained.root / MARKER).read_text())
     assert set(info["eval_accuracy"]) == {"math", "general"}
     assert info["config"]["steps"] == TINY.steps
+    assert set(info["task_accuracy"]["math"]) <= {"count", "plus"}
+    assert info["train_cpu_seconds"] > 0
+
+
+def test_an_idefics3_testbed_loads_like_a_hub_model(tmp_path: Path) -> None:
+    """The second family end to end (two steps): prunec loads it, records carry tasks."""
+    from prunec.arch.loading import load_model
+    from prunec.plan.model import ModelSpec
+    from prunec.verify import evaluate, read_records
+
+    config = dataclasses.replace(TINY, tasks="skills-b", family="idefics3", steps=2)
+    testbed = ensure_testbed(tmp_path / "tb", config=config)
+    loaded = load_model(ModelSpec(source=str(testbed.model), local=True, dtype="float32"))
+    assert type(loaded.model).__name__ == "Idefics3ForConditionalGeneration"
+    assert loaded.num_layers == TINY.num_layers
+    records = read_records(testbed.eval("math"))
+    tasks = task_set("skills-b")
+    assert {tasks.task_of("math", r.text) for r in records} <= set(tasks.tasks["math"])
+    result = evaluate(loaded.model, loaded.processor, records)
+    per_task = testbed.info["task_accuracy"]["math"]
+    counts = {t: sum(tasks.task_of("math", r.text) == t for r in records) for t in per_task}
+    combined = sum(per_task[t] * counts[t] for t in per_task) / len(records)
+    assert result.accuracy == pytest.approx(testbed.info["eval_accuracy"]["math"])
+    assert combined == pytest.approx(result.accuracy)
 
 
 def test_ensure_testbed_is_cached_until_the_recipe_changes(trained: Any) -> None:
@@ -139,3 +302,14 @@ def test_full_recipe_reaches_ninety_percent_per_domain(tmp_path: Path) -> None:
     info = ensure_testbed(tmp_path / "testbed").info
     assert info["eval_accuracy"]["math"] >= 0.9
     assert info["eval_accuracy"]["general"] >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", RESULTS_TESTBEDS)
+def test_results_recipes_land_between_ninety_and_ninety_nine_percent(
+    tmp_path: Path, kind: str
+) -> None:
+    """The results testbeds (several minutes each on 2 cores): 90-99% per domain, unsaturated."""
+    info = ensure_testbed(tmp_path / kind, config=TESTBEDS[kind]).info
+    for domain in ("math", "general"):
+        assert 0.9 <= info["eval_accuracy"][domain] <= 0.99, (domain, info["eval_accuracy"])
