@@ -21,7 +21,7 @@ from prunec.testbed import (
     ensure_testbed,
 )
 from prunec.testbed.processor import FAMILIES, IMAGE_SEQ_LENGTH, build_processor
-from prunec.testbed.skills import COLOURS, ROWS, SEGMENTS, SHAPES
+from prunec.testbed.skills import COLOURS, ROWS, SEGMENTS
 from prunec.testbed.synth import CELL, GRID, sample, task_set, vocabulary
 from prunec.testbed.train import _Encoder, held_out
 
@@ -109,13 +109,11 @@ def test_training_batches_match_the_saved_processor(
         assert image_tokens == IMAGE_SEQ_LENGTH
 
 
-def _read_digit(pixels: Any) -> int | None:
-    """Decode a seven-segment digit from the black pixels of one cell (None: no digit)."""
+def _read_digit(pixels: Any) -> int:
+    """Decode the seven-segment digit drawn in black somewhere in `pixels`."""
     ys, xs = np.nonzero((pixels < 60).all(axis=-1))
-    if len(xs) == 0:
-        return None
     x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    if x1 - x0 < 3:
+    if x1 - x0 < 8:
         return 1  # only the right-hand segments
     cx, cy, q1, q3 = (x0 + x1) // 2, (y0 + y1) // 2, y0 + (y1 - y0) // 4, y0 + 3 * (y1 - y0) // 4
     probes = {"a": (cx, y0), "b": (x1, q1), "c": (x1, q3), "d": (cx, y1)}
@@ -124,36 +122,66 @@ def _read_digit(pixels: Any) -> int | None:
     return next(d for d, segs in SEGMENTS.items() if set(segs) == lit)
 
 
-def _cells(image: Any, grid: int, cell: int) -> list[Any]:
-    pixels = np.asarray(image)
+_PALETTE = np.array(list(COLOURS.values()))
+
+
+def _colour_of(pixels: Any) -> Any:
+    """Index into COLOURS of the nearest palette colour, for each pixel of `pixels` [..., 3]."""
+    return np.abs(pixels[..., None, :] - _PALETTE).sum(axis=-1).argmin(axis=-1)
+
+
+def _blobs(pixels: Any, cell: int) -> list[tuple[str, int, int]]:
+    """Coloured (not black) objects, one per colour: (colour, pixel count, row of centre)."""
+    ink = (pixels < 200).any(axis=-1) & ~(pixels < 60).all(axis=-1)
+    ys, _ = np.nonzero(ink)
+    nearest = _colour_of(pixels[ink])
+    names = list(COLOURS)
     return [
-        pixels[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
-        for r in range(grid)
-        for c in range(grid)
+        (names[i], int((nearest == i).sum()), int(ys[nearest == i].mean()) // cell)
+        for i in np.unique(nearest)
     ]
+
+
+def _shape_of(pixels: Any, colour: str) -> str:
+    """Kind of the `colour` object from how much of its bounding box it fills (square ~1,
+    circle ~pi/4, triangle ~1/2)."""
+    ink = np.abs(pixels - np.array(COLOURS[colour])).sum(axis=-1) < 60
+    ys, xs = np.nonzero(ink)
+    fill = ink.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    return "square" if fill > 0.92 else "circle" if fill > 0.68 else "triangle"
+
+
+def _dots(pixels: Any, cell: int, grid: int) -> list[str]:
+    """Colour of each cell holding coloured ink (the dots; the digit is black)."""
+    out = []
+    for r in range(grid):
+        for c in range(grid):
+            patch = pixels[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
+            ink = (patch < 200).any(axis=-1) & ~(patch < 60).all(axis=-1)
+            if ink.any():
+                out.append(list(COLOURS)[int(_colour_of(patch[ink].mean(axis=0)))])
+    return out
 
 
 @pytest.mark.parametrize("name", ["skills", "skills-b"])
 def test_multi_skill_answers_match_the_pictures(name: str) -> None:
-    """Decode every math picture independently (digit, dot count) and check the answer."""
+    """Decode every picture independently (digit, dots, shapes) and check the answer."""
     tasks = task_set(name)
     rng = random.Random(11)
     seen: set[str] = set()
     for _ in range(150):
         s = tasks.sample("math", rng)
         seen.add(s.task)
-        cells = _cells(s.image, tasks.grid, tasks.cell)
-        digits = [d for c in cells if (d := _read_digit(c)) is not None]
-        dots = sum(bool((c < 200).any()) for c in cells) - 1
-        assert len(digits) == 1, "exactly one digit per picture"
+        pixels = np.asarray(s.image).astype(int)
+        digit, dots = _read_digit(pixels), _dots(pixels, tasks.cell, tasks.grid)
+        asked = next((w for w in s.text.split() if w in COLOURS), None)
         expected = {
-            "count": str(dots),
-            "read": str(digits[0]),
-            "add": str(digits[0] + dots),
-            "compare": "yes" if dots > digits[0] else "no",
-        }.get(s.task)
-        if expected is not None:
-            assert s.answer == expected, (s.task, s.text)
+            "count": len(dots),
+            "count_colour": dots.count(asked or ""),
+            "read": digit,
+            "add": digit + len(dots),
+        }[s.task]
+        assert s.answer == str(expected), (s.task, s.text)
         assert tasks.task_of("math", s.text) == s.task
         assert set(s.text.split()) | {s.answer} <= set(tasks.words)
     assert seen == set(tasks.tasks["math"])
@@ -161,29 +189,20 @@ def test_multi_skill_answers_match_the_pictures(name: str) -> None:
     for _ in range(80):
         s = tasks.sample("general", rng)
         seen.add(s.task)
-        objects = [
-            (_object(c), ROWS[i // tasks.grid])
-            for i, c in enumerate(_cells(s.image, tasks.grid, tasks.cell))
-            if (c < 200).any()
-        ]
-        assert len(objects) in (2, 3)
-        named = [w for w in s.text.split() if w in (*COLOURS, *SHAPES)]
-        assert len(named) == 1 and tasks.task_of("general", s.text) == s.task
-        (shape, colour), row = next(o for o in objects if named[0] in o[0])
-        assert s.answer == {"colour": colour, "shape": shape, "place": row}[s.task]
+        pixels = np.asarray(s.image).astype(int)
+        blobs = sorted(_blobs(pixels, tasks.cell), key=lambda b: b[1])
+        assert len(blobs) == 2
+        (small, _, row), (big, _, _) = blobs
+        expected = {
+            "big_colour": big,
+            "big_shape": _shape_of(pixels, big),
+            "small_colour": small,
+            "small_shape": _shape_of(pixels, small),
+            "small_row": ROWS[row],
+        }[s.task]
+        assert s.answer == expected, (s.task, s.text)
+        assert tasks.task_of("general", s.text) == s.task
     assert seen == set(tasks.tasks["general"])
-
-
-def _object(pixels: Any) -> tuple[str, str]:
-    """(shape, colour) of the one object in a cell: shape from how much of its bounding box it
-    fills (square ~1, circle ~pi/4, triangle ~1/2), colour the nearest of the palette."""
-    ink = (pixels < 200).any(axis=-1)
-    ys, xs = np.nonzero(ink)
-    fill = ink.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-    shape = "square" if fill > 0.92 else "circle" if fill > 0.68 else "triangle"
-    mean = pixels[ink].mean(axis=0)
-    colour = min(COLOURS, key=lambda c: float(np.abs(mean - np.array(COLOURS[c])).sum()))
-    return shape, colour
 
 
 @pytest.mark.parametrize("name", ["demo", "skills", "skills-b"])

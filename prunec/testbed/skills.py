@@ -1,15 +1,19 @@
 """Multi-skill synthetic tasks for the results testbeds, where pruning strategies separate.
 
 The demo's tasks each need one skill, and a small model gets them 100% right. Here a math
-question needs several: read a seven-segment digit, count dots, then add the two or compare
-them. A general question asks about one of several objects, so the model must bind a shape to
-its colour (or the reverse). Images are 48x48 pixels on a 3x3 grid of 16-pixel cells with one
-object per cell, so each object lands in one image token. Questions are terse: every token
-costs training time on 2 CPU cores.
+question needs several: read a seven-segment digit, count dots, then add the two (or count the
+dots of one colour). A general question asks about the big shape or the small one.
+
+Layout: 48x48 pixels on a 3x3 grid of 16-pixel cells (one image token per cell). One big
+object fills a 2x2 block of cells (4 of the 9 image tokens); small objects sit one per cell in
+the 5 cells left. The big object matters for training time: a signal spread over several image
+tokens is what a model trained from scratch learns to read first (small objects alone left a
+16-layer model guessing after 1000 steps); the small ones then need attention to one token.
 
 Two task mixes, so the two results testbeds differ in what they learn as well as in
-architecture: `skills` (count, read, add, compare; colour of a shape, shape of a colour) and
-`skills-b` (count, count one colour, read, add; colour, shape, and the row of a shape).
+architecture: `skills` (count, read, add; colour of the big shape, colour and kind of the
+small one) and `skills-b` (count one colour, read, add; kind of the big shape, colour and row
+of the small one).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from prunec.testbed.synth import Sample, TaskSet
 IMAGE_SIZE = 48
 GRID = 3
 CELL = IMAGE_SIZE // GRID
+#: The 2x2 blocks of cells a big object can fill (row-major cell indices), by top-left cell.
+BLOCKS: dict[int, tuple[int, ...]] = {
+    corner: tuple(corner + dr * GRID + dc for dr in (0, 1) for dc in (0, 1))
+    for corner in (0, 1, GRID, GRID + 1)
+}
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -32,6 +41,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 40, 180),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+ROWS: tuple[str, ...] = ("top", "middle", "bottom")
+MAX_DOTS = GRID * GRID - len(BLOCKS[0])
 
 #: Seven-segment digits: segments a (top), b (top right), c (bottom right), d (bottom),
 #: e (bottom left), f (top left), g (middle).
@@ -54,23 +65,23 @@ MATH: dict[str, str] = {
     "count_colour": "how many {colour} dots ?",
     "read": "which number ?",
     "add": "number plus dots ?",
-    "compare": "more dots than number ?",
 }
-#: Question per general task; `{shape}` / `{colour}` name one object in the picture.
+#: Question per general task.
 GENERAL: dict[str, str] = {
-    "colour": "color of the {shape} ?",
-    "shape": "shape of the {colour} one ?",
-    "place": "which row is the {shape} ?",
+    "big_colour": "color of the big shape ?",
+    "big_shape": "shape of the big one ?",
+    "small_colour": "color of the small shape ?",
+    "small_shape": "shape of the small one ?",
+    "small_row": "which row is the small shape ?",
 }
-ROWS: tuple[str, ...] = ("top", "middle", "bottom")
 
 
 def _words() -> tuple[str, ...]:
     words = ["user", "assistant"]
     for text in (*MATH.values(), *GENERAL.values()):
         words += [w for w in text.split() if not w.startswith("{")]
-    words += [str(i) for i in range(GRID * GRID + 9)]  # counts, digits 0-9, sums
-    words += ["yes", "no", *ROWS, *COLOURS, *SHAPES]
+    words += [str(i) for i in range(9 + MAX_DOTS + 1)]  # counts, digits 0-9, sums
+    words += [*ROWS, *COLOURS, *SHAPES]
     return tuple(dict.fromkeys(words))
 
 
@@ -79,20 +90,29 @@ def _canvas() -> tuple[Image.Image, ImageDraw.ImageDraw]:
     return image, ImageDraw.Draw(image)
 
 
-def _box(cell: int, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
-    """A `width` x `height` box in grid cell `cell` (row-major), jittered but inside the cell."""
-    row, col = divmod(cell, GRID)
-    x0 = col * CELL + (CELL - width) // 2 + rng.randint(-1, 1)
-    y0 = row * CELL + (CELL - height) // 2 + rng.randint(-1, 1)
-    x0 = min(max(x0, col * CELL), (col + 1) * CELL - width)
-    y0 = min(max(y0, row * CELL), (row + 1) * CELL - height)
-    return x0, y0, x0 + width - 1, y0 + height - 1  # PIL boxes include both corners
+def _box(
+    corner: int, cells: int, width: int, height: int, rng: random.Random
+) -> tuple[int, int, int, int]:
+    """A `width` x `height` box in the `cells` x `cells` block whose top-left cell is `corner`,
+    jittered by up to 2 pixels but inside the block (PIL boxes include both corners)."""
+    row, col = divmod(corner, GRID)
+    side = cells * CELL
+    left, top = col * CELL, row * CELL
+    x0 = left + (side - width) // 2 + rng.randint(-2, 2)
+    y0 = top + (side - height) // 2 + rng.randint(-2, 2)
+    x0 = min(max(x0, left), left + side - width)
+    y0 = min(max(y0, top), top + side - height)
+    return x0, y0, x0 + width - 1, y0 + height - 1
 
 
-def draw_digit(draw: ImageDraw.ImageDraw, cell: int, digit: int, rng: random.Random) -> None:
-    """A black seven-segment `digit` of jittered size in `cell`."""
-    width, height, t = rng.randint(7, 9), rng.randint(11, 13), 2
-    x0, y0, x1, y1 = _box(cell, width, height, rng)
+def draw_digit(draw: ImageDraw.ImageDraw, corner: int, digit: int, rng: random.Random) -> None:
+    """A black 18x26 seven-segment `digit` in the 2x2 block at `corner`, jittered.
+
+    One glyph size: telling the digits apart is then easy for the vision tower, so the few
+    training minutes go to the decoder's part (combine four image tokens, then add or count).
+    """
+    width, height, t = 18, 26, 4
+    x0, y0, x1, y1 = _box(corner, 2, width, height, rng)
     mid = y0 + (height - t) // 2
     half = y0 + height // 2
     rects = {
@@ -109,10 +129,16 @@ def draw_digit(draw: ImageDraw.ImageDraw, cell: int, digit: int, rng: random.Ran
 
 
 def draw_object(
-    draw: ImageDraw.ImageDraw, cell: int, shape: str, colour: str, size: int, rng: random.Random
+    draw: ImageDraw.ImageDraw,
+    corner: int,
+    cells: int,
+    shape: str,
+    colour: str,
+    size: int,
+    rng: random.Random,
 ) -> None:
-    """A filled `shape` of about `size` pixels in `colour`, inside `cell`."""
-    x0, y0, x1, y1 = _box(cell, size, size, rng)
+    """A filled `shape` of `size` pixels in `colour`, in the block of `cells` x `cells` cells."""
+    x0, y0, x1, y1 = _box(corner, cells, size, size, rng)
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
@@ -122,47 +148,53 @@ def draw_object(
         draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
 
 
+def _layout(rng: random.Random) -> tuple[int, list[int]]:
+    """A random 2x2 block (its top-left cell) and the cells outside it, shuffled."""
+    corner = rng.choice(tuple(BLOCKS))
+    free = [c for c in range(GRID * GRID) if c not in BLOCKS[corner]]
+    rng.shuffle(free)
+    return corner, free
+
+
 def math_sample(tasks: tuple[str, ...], rng: random.Random) -> Sample:
-    """A digit 0-9 and 1-8 dots, each in its own cell; one question of `tasks` about them."""
+    """A big digit 0-9 and 1-5 small dots beside it; one question of `tasks` about them."""
     task = rng.choice(tasks)
-    digit, count = rng.randint(0, 9), rng.randint(1, GRID * GRID - 1)
-    cells = rng.sample(range(GRID * GRID), count + 1)
+    digit, count = rng.randint(0, 9), rng.randint(1, MAX_DOTS)
+    corner, free = _layout(rng)
     image, draw = _canvas()
-    draw_digit(draw, cells[0], digit, rng)
-    # count_colour paints the dots in two colours and asks for one of them; the other tasks
-    # use any colours (colour is a distraction there).
+    draw_digit(draw, corner, digit, rng)
+    # count_colour paints the dots in two colours and asks for one of them; elsewhere the
+    # colours are a distraction.
     palette = rng.sample(tuple(COLOURS), 2) if task == "count_colour" else tuple(COLOURS)
     dots = [rng.choice(palette) for _ in range(count)]
-    for cell, colour in zip(cells[1:], dots, strict=True):
-        draw_object(draw, cell, "circle", colour, rng.randint(7, 10), rng)
+    for cell, colour in zip(free, dots, strict=False):
+        draw_object(draw, cell, 1, "circle", colour, rng.randint(7, 10), rng)
     asked = palette[0]
     answer = {
-        "count": str(count),
-        "count_colour": str(dots.count(asked)),
-        "read": str(digit),
-        "add": str(digit + count),
-        "compare": "yes" if count > digit else "no",
+        "count": count,
+        "count_colour": dots.count(asked),
+        "read": digit,
+        "add": digit + count,
     }[task]
-    return Sample("math", image, MATH[task].format(colour=asked), answer, task)
+    return Sample("math", image, MATH[task].format(colour=asked), str(answer), task)
 
 
 def general_sample(tasks: tuple[str, ...], rng: random.Random) -> Sample:
-    """Two or three objects of distinct shapes and colours; one question of `tasks` about one."""
+    """A big shape and a small one of another kind and colour; one question of `tasks`."""
     task = rng.choice(tasks)
-    n = rng.choice((2, 3))
-    shapes, colours = rng.sample(SHAPES, n), rng.sample(tuple(COLOURS), n)
-    cells = rng.sample(range(GRID * GRID), n)
+    corner, free = _layout(rng)
+    (big, small), (big_colour, small_colour) = rng.sample(SHAPES, 2), rng.sample(tuple(COLOURS), 2)
     image, draw = _canvas()
-    for cell, shape, colour in zip(cells, shapes, colours, strict=True):
-        draw_object(draw, cell, shape, colour, rng.randint(10, 13), rng)
-    which = rng.randrange(n)
-    shape, colour = shapes[which], colours[which]
+    draw_object(draw, corner, 2, big, big_colour, rng.randint(24, 28), rng)
+    draw_object(draw, free[0], 1, small, small_colour, rng.randint(9, 12), rng)
     answer = {
-        "colour": colour,
-        "shape": shape,
-        "place": ROWS[cells[which] // GRID],
+        "big_colour": big_colour,
+        "big_shape": big,
+        "small_colour": small_colour,
+        "small_shape": small,
+        "small_row": ROWS[free[0] // GRID],
     }[task]
-    return Sample("general", image, GENERAL[task].format(shape=shape, colour=colour), answer, task)
+    return Sample("general", image, GENERAL[task], answer, task)
 
 
 def _task_set(name: str, math: tuple[str, ...], general: tuple[str, ...]) -> TaskSet:
@@ -183,8 +215,10 @@ def _task_set(name: str, math: tuple[str, ...], general: tuple[str, ...]) -> Tas
 
 
 _SETS: tuple[TaskSet, ...] = (
-    _task_set("skills", ("count", "read", "add", "compare"), ("colour", "shape")),
-    _task_set("skills-b", ("count", "count_colour", "read", "add"), ("colour", "shape", "place")),
+    _task_set("skills", ("count", "read", "add"), ("big_colour", "small_colour", "small_shape")),
+    _task_set(
+        "skills-b", ("count_colour", "read", "add"), ("big_shape", "small_colour", "small_row")
+    ),
 )
 #: The multi-skill task sets by name.
 TASK_SETS: dict[str, TaskSet] = {s.name: s for s in _SETS}
