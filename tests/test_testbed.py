@@ -110,15 +110,28 @@ def test_training_batches_match_the_saved_processor(
 
 
 def _read_digit(pixels: Any) -> int:
-    """Decode the seven-segment digit drawn in black somewhere in `pixels`."""
-    ys, xs = np.nonzero((pixels < 60).all(axis=-1))
+    """Decode the black seven-segment digit under the coloured dots: a segment is lit when
+    black shows somewhere along its centre line (a dot hides only part of a stroke)."""
+    black = (pixels < 60).all(axis=-1)
+    ys, xs = np.nonzero(black)
     x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    if x1 - x0 < 8:
+    if x1 - x0 < 10:
         return 1  # only the right-hand segments
-    cx, cy, q1, q3 = (x0 + x1) // 2, (y0 + y1) // 2, y0 + (y1 - y0) // 4, y0 + 3 * (y1 - y0) // 4
-    probes = {"a": (cx, y0), "b": (x1, q1), "c": (x1, q3), "d": (cx, y1)}
-    probes |= {"e": (x0, q3), "f": (x0, q1), "g": (cx, cy)}
-    lit = {seg for seg, (x, y) in probes.items() if (pixels[y, x] < 60).all()}
+    # Stroke centres: 3 px in from the box's edges (strokes are 6 px wide).
+    left, right, top, bottom, mid = x0 + 3, x1 - 3, y0 + 3, y1 - 3, (y0 + y1) // 2
+    across = np.linspace(left + 4, right - 4, 6).astype(int)
+    upper = np.linspace(top + 4, mid - 4, 6).astype(int)
+    lower = np.linspace(mid + 4, bottom - 4, 6).astype(int)
+    lines = {
+        "a": [(top, x) for x in across],
+        "g": [(mid, x) for x in across],
+        "d": [(bottom, x) for x in across],
+        "f": [(y, left) for y in upper],
+        "b": [(y, right) for y in upper],
+        "e": [(y, left) for y in lower],
+        "c": [(y, right) for y in lower],
+    }
+    lit = {seg for seg, points in lines.items() if any(black[y, x] for y, x in points)}
     return next(d for d, segs in SEGMENTS.items() if set(segs) == lit)
 
 
@@ -142,12 +155,15 @@ def _blobs(pixels: Any, cell: int) -> list[tuple[str, int, int]]:
     ]
 
 
-def _shape_of(pixels: Any, colour: str) -> str:
+def _shape_of(pixels: Any, colour: str, over: str | None = None) -> str:
     """Kind of the `colour` object from how much of its bounding box it fills (square ~1,
-    circle ~pi/4, triangle ~1/2)."""
+    circle ~pi/4, triangle ~1/2); pixels of the `over` object drawn on top count as filled."""
     ink = np.abs(pixels - np.array(COLOURS[colour])).sum(axis=-1) < 60
     ys, xs = np.nonzero(ink)
-    fill = ink.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    if over is not None:
+        ink |= np.abs(pixels - np.array(COLOURS[over])).sum(axis=-1) < 60
+    fill = ink[box].mean()
     return "square" if fill > 0.92 else "circle" if fill > 0.68 else "triangle"
 
 
@@ -195,7 +211,7 @@ def test_multi_skill_answers_match_the_pictures(name: str) -> None:
         (small, _, row), (big, _, _) = blobs
         expected = {
             "big_colour": big,
-            "big_shape": _shape_of(pixels, big),
+            "big_shape": _shape_of(pixels, big, over=small),
             "small_colour": small,
             "small_shape": _shape_of(pixels, small),
             "small_row": ROWS[row],
