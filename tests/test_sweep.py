@@ -82,6 +82,46 @@ def test_sweep_writes_json_csv_png_and_a_table(
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sliced_sweep_reports_accuracy_per_task(testbed: Any, tmp_path: Path) -> None:
+    """`slice_by` splits each domain's records (here by task); slices add up to the domain."""
+    from prunec.arch.loading import load_model
+    from prunec.scoring import score
+    from prunec.syntax import load_spec
+    from prunec.testbed.synth import task_set
+    from prunec.verify.sweep import run_sweep
+
+    spec = _spec(testbed, tmp_path / "s.prune", prune="  budget 1 layers", verify="  math >= 50%")
+    plan = load_spec(spec)
+    loaded = load_model(plan.model)
+    scores = score(plan, loaded, cache_dir=tmp_path / "cache")
+    tasks = task_set("demo")
+    result = run_sweep(
+        plan,
+        loaded,
+        scores,
+        budgets=(1, 2),
+        strategies=("last",),
+        slice_by=lambda domain, record: tasks.task_of(domain, record.text),
+    )
+    records = {
+        d: [json.loads(x) for x in testbed.eval(d).read_text().splitlines()] for d in tasks.tasks
+    }
+    for domain, lines in records.items():
+        counts = {
+            t: sum(tasks.task_of(domain, x["text"]) == t for x in lines)
+            for t in tasks.tasks[domain]
+        }
+        present = {t for t, n in counts.items() if n}
+        assert set(result.original_slices[domain]) == present
+        for budget in (1, 2):
+            row = result.point(budget, "last", domain)
+            assert row is not None and set(row.slices) == present
+            combined = sum(row.slices[t] * counts[t] for t in present) / len(lines)
+            assert combined == pytest.approx(row.accuracy)
+    again = SweepResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again.original_slices == result.original_slices and again.rows == result.rows
+
+
 def test_infeasible_points_are_recorded_not_fatal(testbed: Any, tmp_path: Path) -> None:
     spec = _spec(
         testbed,

@@ -23,7 +23,7 @@ from prunec.verify import (
     read_records,
     retention,
 )
-from prunec.verify.evaluate import normalize_answer
+from prunec.verify.evaluate import evaluate_records, normalize_answer, summarize
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,25 @@ def test_accuracy_matches_unbatched_generate(tiny: tuple[Any, Any], records: lis
     result = evaluate(model, processor, relabelled, batch_size=4)
     assert result.n == len(records)
     assert result.accuracy == pytest.approx(0.5)
+
+
+def test_per_record_results_summarize_to_the_domain_result(
+    tiny: tuple[Any, Any], records: list[Any]
+) -> None:
+    model, processor = tiny
+    per = evaluate_records(model, processor, records, batch_size=4)
+    whole = evaluate(model, processor, records, batch_size=3)
+    assert len(per) == len(records) and all(r.nll_tokens > 0 for r in per)
+    assert summarize(per).accuracy == pytest.approx(whole.accuracy)
+    assert summarize(per).nll == pytest.approx(whole.nll, rel=1e-5)
+    generated = [_reference_answer(model, processor, r) for r in records]
+    for result, record, answer in zip(per, records, generated, strict=True):
+        assert result.correct == (normalize_answer(answer) == normalize_answer(record.answer))
+    # Subsets combine back: NLL over answer tokens, accuracy over records.
+    left, right = summarize(per[:3]), summarize(per[3:])
+    tokens = [sum(r.nll_tokens for r in part) for part in (per[:3], per[3:])]
+    assert (left.nll * tokens[0] + right.nll * tokens[1]) / sum(tokens) == pytest.approx(whole.nll)
+    assert summarize([]).n == 0 and math.isnan(summarize([]).nll)
 
 
 def test_nll_matches_a_single_sample_forward(tiny: tuple[Any, Any], records: list[Any]) -> None:

@@ -1,11 +1,21 @@
-"""The testbed model's architecture: a tiny LLaVA (CLIP vision tower + Llama decoder)."""
+"""The testbed model's architecture: a tiny LLaVA (CLIP + Llama) or Idefics3 (SigLIP + Llama).
+
+Both are the transformers classes hub checkpoints use (`LlavaForConditionalGeneration`,
+`Idefics3ForConditionalGeneration`), only small enough to train on 2 CPU cores.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prunec.testbed.processor import IMAGE_SEQ_LENGTH, PATCH_SIZE
-from prunec.testbed.synth import IMAGE_SIZE
+from prunec.testbed.processor import IDEFICS3_SCALE, patch_size
+from prunec.testbed.synth import DEMO, TaskSet
+
+#: The transformers class of each family.
+MODEL_CLASSES: dict[str, str] = {
+    "llava": "LlavaForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
+}
 
 
 def build_config(
@@ -19,19 +29,12 @@ def build_config(
     hidden_size: int = 64,
     vision_hidden_size: int = 64,
     vision_layers: int = 2,
+    family: str = "llava",
+    tasks: TaskSet = DEMO,
 ) -> Any:
-    """A LlavaConfig for the testbed; every size is small enough to train on 2 CPU cores."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    """The config of a `family` testbed for `tasks`; a Llama decoder of `num_layers` layers."""
+    from transformers import LlamaConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=vision_hidden_size,
-    )
     text = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -45,11 +48,31 @@ def build_config(
         eos_token_id=eos_token_id,
         tie_word_embeddings=False,
     )
-    return LlavaConfig(
+    vision: dict[str, Any] = dict(
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=tasks.image_size,
+        patch_size=patch_size(family, tasks),
+    )
+    if family == "llava":
+        from transformers import CLIPVisionConfig, LlavaConfig
+
+        return LlavaConfig(
+            vision_config=CLIPVisionConfig(**vision, projection_dim=vision_hidden_size),
+            text_config=text,
+            image_token_index=image_token_id,
+            image_seq_length=tasks.grid**2,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+        )
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
         vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        image_seq_length=IMAGE_SEQ_LENGTH,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        text_config=text.to_dict(),
+        image_token_id=image_token_id,
+        scale_factor=IDEFICS3_SCALE,
+        tie_word_embeddings=False,
     )

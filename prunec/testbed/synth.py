@@ -1,9 +1,16 @@
-"""Synthetic two-domain image/question/answer samples drawn with PIL (math and general)."""
+"""Synthetic two-domain image/question/answer samples drawn with PIL (math and general).
+
+A `TaskSet` is one family of such samples: its image size and grid, its vocabulary and a
+drawing function. `demo` (here) is the quick set `make demo` trains on; the multi-skill sets
+the results testbeds train on live in `prunec.testbed.skills`. `task_set(name)` looks one up.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -39,12 +46,17 @@ GENERAL_QUESTIONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One synthetic example: an image, a question and its one-word answer."""
+    """One synthetic example: an image, a question and its one-word answer.
+
+    task: which skill the question tests within its domain (e.g. "count"), for per-task
+        accuracy; it is not written to the JSONL files (their format has no such field).
+    """
 
     domain: str
     image: Image.Image
     text: str
     answer: str
+    task: str = ""
 
     def key(self) -> str:
         """Content hash of (image pixels, question); used to keep eval data out of training."""
@@ -86,7 +98,7 @@ def math_sample(rng: random.Random) -> Sample:
         draw.ellipse(_cell_box(cell, rng.randint(3, 5), rng), fill=colour)
     kind = rng.choice(tuple(MATH_QUESTIONS))
     answer = count + (kind == "plus")
-    return Sample("math", image, MATH_QUESTIONS[kind], str(answer))
+    return Sample("math", image, MATH_QUESTIONS[kind], str(answer), kind)
 
 
 def general_sample(rng: random.Random) -> Sample:
@@ -111,7 +123,7 @@ def general_sample(rng: random.Random) -> Sample:
         draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
     kind = rng.choice(tuple(GENERAL_QUESTIONS))
     answer = {"colour": colour, "shape": shape}[kind]
-    return Sample("general", image, GENERAL_QUESTIONS[kind], answer)
+    return Sample("general", image, GENERAL_QUESTIONS[kind], answer, kind)
 
 
 def sample(domain: str, rng: random.Random) -> Sample:
@@ -121,3 +133,66 @@ def sample(domain: str, rng: random.Random) -> Sample:
     if domain == "general":
         return general_sample(rng)
     raise ValueError(f"unknown testbed domain {domain!r}; expected one of {DOMAINS}")
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """A family of synthetic samples a testbed trains and is evaluated on.
+
+    image_size / grid: square images of `image_size` pixels drawn on a `grid` x `grid` layout of
+        cells; every object sits inside one cell, and the model families make one image token
+        per cell (see `prunec.testbed.model`).
+    words: every word a question or an answer can contain (the tokenizer's vocabulary).
+    questions: per domain, per task, the question; `{name}` marks a word the sample fills in.
+        Each question tells its task (`task_of`), so evaluation files need no task field.
+    draw: `draw(domain, rng)` -> one Sample of that domain.
+    """
+
+    name: str
+    image_size: int
+    grid: int
+    words: tuple[str, ...]
+    questions: Mapping[str, Mapping[str, str]]
+    draw: Callable[[str, random.Random], Sample]
+
+    @property
+    def cell(self) -> int:
+        return self.image_size // self.grid
+
+    @property
+    def tasks(self) -> dict[str, tuple[str, ...]]:
+        """Per domain, its task names."""
+        return {domain: tuple(qs) for domain, qs in self.questions.items()}
+
+    def task_of(self, domain: str, text: str) -> str:
+        """The task whose question `text` is (ValueError when none is)."""
+        for task, question in self.questions[domain].items():
+            pattern = r"\S+".join(re.escape(part) for part in re.split(r"\{\w+\}", question))
+            if re.fullmatch(pattern, text):
+                return task
+        raise ValueError(f"{text!r} is no {domain} question of task set {self.name!r}")
+
+    def sample(self, domain: str, rng: random.Random) -> Sample:
+        if domain not in self.tasks:
+            raise ValueError(f"unknown testbed domain {domain!r}; expected one of {DOMAINS}")
+        return self.draw(domain, rng)
+
+
+DEMO = TaskSet(
+    name="demo",
+    image_size=IMAGE_SIZE,
+    grid=GRID,
+    words=tuple(vocabulary()),
+    questions={"math": MATH_QUESTIONS, "general": GENERAL_QUESTIONS},
+    draw=sample,
+)
+
+
+def task_set(name: str) -> TaskSet:
+    """The task set called `name` (`demo`, or one of `prunec.testbed.skills.TASK_SETS`)."""
+    from prunec.testbed.skills import TASK_SETS
+
+    sets = {"demo": DEMO, **TASK_SETS}
+    if name not in sets:
+        raise ValueError(f"unknown task set {name!r}; expected one of {', '.join(sets)}")
+    return sets[name]

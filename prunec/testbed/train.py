@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prunec.testbed.processor import IMAGE_SEQ_LENGTH
-from prunec.testbed.synth import DOMAINS, Sample, sample
+from prunec.testbed.processor import image_inputs
+from prunec.testbed.synth import DOMAINS, Sample, TaskSet, task_set
 
 #: Bump when the data generator or the training loop changes meaning without a config change,
 #: so cached testbeds retrain.
@@ -28,6 +28,8 @@ class TrainConfig:
     num_layers / hidden_size: the Llama decoder's depth and width.
     calib_samples / eval_samples: lines per domain written to the JSONL files.
     seed: seeds torch and the data stream.
+    tasks: the task set the samples come from (`prunec.testbed.synth.task_set`).
+    family: the model family (`llava` or `idefics3`, see `prunec.testbed.model`).
     """
 
     steps: int = 1000
@@ -40,6 +42,12 @@ class TrainConfig:
     calib_samples: int = 128
     eval_samples: int = 200
     seed: int = 0
+    tasks: str = "demo"
+    family: str = "llava"
+
+    @property
+    def task_set(self) -> TaskSet:
+        return task_set(self.tasks)
 
     def fingerprint(self) -> str:
         """A short hash of the recipe; a changed recipe means a retrain."""
@@ -62,12 +70,13 @@ class HeldOut:
 def held_out(config: TrainConfig) -> HeldOut:
     """Distinct calibration and evaluation samples (no duplicates within or across sets)."""
     rng = random.Random(f"held-out-{config.seed}")
+    tasks = config.task_set
     seen: set[str] = set()
 
     def draw(domain: str, n: int) -> list[Sample]:
         out: list[Sample] = []
         while len(out) < n:
-            s = sample(domain, rng)
+            s = tasks.sample(domain, rng)
             if s.key() not in seen:
                 seen.add(s.key())
                 out.append(s)
@@ -78,39 +87,30 @@ def held_out(config: TrainConfig) -> HeldOut:
     return HeldOut(calib=calib, eval=evals)
 
 
-def pixel_values(images: Sequence[Any]) -> Any:
-    """The processor's pixel normalisation, vectorised (48x48 RGB -> [-1, 1], CHW)."""
-    import numpy as np
-    import torch
-
-    from prunec.testbed.processor import PIXEL_MEAN, PIXEL_STD
-
-    arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-    arr = (arr - np.array(PIXEL_MEAN, dtype=np.float32)) / np.array(PIXEL_STD, dtype=np.float32)
-    return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())
-
-
 class _Encoder:
-    """Token ids for training batches, computed once per distinct question via the processor."""
+    """Training batches in the exact form the saved processor gives: prompt ids from the
+    processor once per distinct question (they do not depend on the image's content), pixels
+    through the vectorised mirror of its image processor."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, family: str = "llava", tasks: TaskSet | None = None):
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.family = family
+        self.tasks = tasks or task_set("demo")
         self._prompts: dict[str, list[int]] = {}
 
     def prompt(self, text: str) -> list[int]:
         if text not in self._prompts:
+            from PIL import Image
+
             messages = [
                 {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
             ]
             rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            image_id = self.processor.image_token_id
-            out: list[int] = []
-            for tok in ids:
-                # The processor expands one <image> into image_seq_length tokens; do the same.
-                out += [tok] * (IMAGE_SEQ_LENGTH if tok == image_id else 1)
-            self._prompts[text] = out
+            size = self.tasks.image_size
+            blank = Image.new("RGB", (size, size), (255, 255, 255))
+            out = self.processor(text=[rendered], images=[[blank]])
+            self._prompts[text] = [int(i) for i in out["input_ids"][0]]
         return self._prompts[text]
 
     def batch(self, samples: Sequence[Sample]) -> dict[str, Any]:
@@ -138,19 +138,20 @@ class _Encoder:
             "input_ids": ids,
             "attention_mask": mask,
             "labels": lab,
-            "pixel_values": pixel_values([s.image for s in samples]),
+            **image_inputs(self.family, [s.image for s in samples]),
         }
 
 
 def training_stream(config: TrainConfig, exclude: set[str]) -> Iterator[list[Sample]]:
     """Batches of fresh samples (half per domain), skipping anything held out."""
     rng = random.Random(f"train-{config.seed}")
+    tasks = config.task_set
     per_domain = config.batch_size // len(DOMAINS)
     while True:
         batch: list[Sample] = []
         for domain in DOMAINS:
             while sum(s.domain == domain for s in batch) < per_domain:
-                s = sample(domain, rng)
+                s = tasks.sample(domain, rng)
                 if s.key() not in exclude:
                     batch.append(s)
         yield batch
@@ -166,9 +167,9 @@ def _lr_at(step: int, config: TrainConfig) -> float:
 def build_model(config: TrainConfig, processor: Any) -> Any:
     """A freshly initialised testbed model (seeded) matching `processor`'s vocabulary."""
     import torch
-    from transformers import LlavaForConditionalGeneration
+    import transformers
 
-    from prunec.testbed.model import build_config
+    from prunec.testbed.model import MODEL_CLASSES, build_config
 
     tok = processor.tokenizer
     torch.manual_seed(config.seed)
@@ -180,8 +181,10 @@ def build_model(config: TrainConfig, processor: Any) -> Any:
         eos_token_id=tok.eos_token_id,
         num_layers=config.num_layers,
         hidden_size=config.hidden_size,
+        family=config.family,
+        tasks=config.task_set,
     )
-    model = LlavaForConditionalGeneration(hf_config)
+    model = getattr(transformers, MODEL_CLASSES[config.family])(hf_config)
     _scale_residual_init(model, config.num_layers)
     return model
 
@@ -194,9 +197,12 @@ def _scale_residual_init(model: Any, num_layers: int) -> None:
     """
     import torch
 
+    from prunec.arch.locate import locate_decoder
+
     scale = (2 * num_layers) ** -0.5
+    layers: Any = locate_decoder(model).layers
     with torch.no_grad():
-        for layer in model.model.language_model.layers:
+        for layer in layers:
             layer.self_attn.o_proj.weight.mul_(scale)
             layer.mlp.down_proj.weight.mul_(scale)
 
@@ -235,7 +241,7 @@ def _train(
     optim = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    encoder = _Encoder(processor)
+    encoder = _Encoder(processor, config.family, config.task_set)
     stream = training_stream(config, held.keys())
     for step in range(config.steps):
         for group in optim.param_groups:

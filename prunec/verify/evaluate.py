@@ -48,8 +48,33 @@ def _stack(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
     return out
 
 
-def _batch_nll(model: Any, batch: Mapping[str, Any]) -> tuple[float, int]:
-    """Summed answer-token NLL of an `encode(..., with_answer=True)` batch and its token count."""
+@dataclass(frozen=True)
+class RecordEval:
+    """How a model does on one evaluation record.
+
+    correct: the greedy answer equals the reference (after `normalize_answer`).
+    nll_sum / nll_tokens: summed answer-token NLL (teacher-forced, nats) and the token count.
+    """
+
+    correct: bool
+    nll_sum: float
+    nll_tokens: int
+
+
+def summarize(results: Sequence[RecordEval]) -> DomainEval:
+    """The DomainEval of per-record results (accuracy over records, NLL over answer tokens)."""
+    if not results:
+        return DomainEval(n=0, accuracy=0.0, nll=math.nan)
+    tokens = sum(r.nll_tokens for r in results)
+    return DomainEval(
+        n=len(results),
+        accuracy=sum(r.correct for r in results) / len(results),
+        nll=sum(r.nll_sum for r in results) / max(tokens, 1),
+    )
+
+
+def _row_nll(model: Any, batch: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Per row of an `encode(..., with_answer=True)` batch: summed answer-token NLL, tokens."""
     import torch
 
     batch = dict(batch)
@@ -59,7 +84,7 @@ def _batch_nll(model: Any, batch: Mapping[str, Any]) -> tuple[float, int]:
     targets = batch["input_ids"][:, 1:]
     picked = logprobs.gather(-1, targets[..., None])[..., 0]
     weights = answer_mask[:, 1:].to(picked.dtype)
-    return float(-(picked * weights).sum()), int(weights.sum())
+    return -(picked * weights).sum(dim=1), weights.sum(dim=1)
 
 
 def _batch_greedy(
@@ -143,10 +168,34 @@ def evaluate(
     cache: a dict to keep the processed inputs in, so evaluating several pruned variants of
     one model on the same records (a sweep) runs the processor only once.
     """
+    return summarize(
+        evaluate_records(
+            model,
+            processor,
+            records,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            max_length=max_length,
+            cache=cache,
+        )
+    )
+
+
+def evaluate_records(
+    model: Any,
+    processor: Any,
+    records: Sequence[Record],
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+    max_length: int = 512,
+    cache: dict[Any, Any] | None = None,
+) -> list[RecordEval]:
+    """`evaluate`, record by record (same order as `records`), so subsets can be summarised."""
     import torch
 
     if not records:
-        return DomainEval(n=0, accuracy=0.0, nll=math.nan)
+        return []
     missing = [r.where for r in records if r.answer is None]
     if missing:
         raise BuildError(f"evaluation records need an answer; none at {', '.join(missing[:3])}")
@@ -154,7 +203,7 @@ def evaluate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = _eos_ids(model, tokenizer)
     cache = {} if cache is None else cache
-    correct, nll_sum, nll_tokens = 0, 0.0, 0
+    results: list[RecordEval] = []
     was_training = model.training
     model.eval()
     try:
@@ -169,21 +218,17 @@ def evaluate(
                     if ("prompt", max_length, rec) not in cache:
                         cache["prompt", max_length, rec] = prompt_inputs(processor, rec, max_length)
                     prompts.append(cache["prompt", max_length, rec])
-                total, count = _batch_nll(model, cache[key])
-                nll_sum, nll_tokens = nll_sum + total, nll_tokens + count
+                sums, counts = _row_nll(model, cache[key])
                 outputs = _batch_greedy(
                     model, prompts, pad_id, eos_ids, max_new_tokens, image_token_ids(processor)
                 )
-                for rec, out in zip(chunk, outputs, strict=True):
+                for row, (rec, out) in enumerate(zip(chunk, outputs, strict=True)):
                     text = tokenizer.decode(out, skip_special_tokens=True)
-                    correct += normalize_answer(text) == normalize_answer(rec.answer or "")
+                    correct = normalize_answer(text) == normalize_answer(rec.answer or "")
+                    results.append(RecordEval(correct, float(sums[row]), int(counts[row])))
     finally:
         model.train(was_training)
-    return DomainEval(
-        n=len(records),
-        accuracy=correct / len(records),
-        nll=nll_sum / max(nll_tokens, 1),
-    )
+    return results
 
 
 def retention(original: DomainEval, pruned: DomainEval) -> dict[str, float]:

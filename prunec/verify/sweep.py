@@ -6,13 +6,16 @@ import csv
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunec.errors import BuildError, SpecError
 from prunec.plan.model import DataSource, Plan
-from prunec.verify.evaluate import DomainEval, evaluate, retention
+from prunec.verify.evaluate import DomainEval, evaluate_records, retention, summarize
+
+if TYPE_CHECKING:
+    from prunec.data import Record
 
 #: Strategies a sweep compares when none are named (`iterative` is costly: opt in).
 DEFAULT_STRATEGIES: tuple[str, ...] = ("domain", "bi", "angular", "uniform", "last", "auto")
@@ -25,6 +28,8 @@ class SweepRow:
     removed: the layers the strategy chose; empty with `error` set when the constraints made
         this budget infeasible for the strategy (then the metrics are NaN).
     accuracy / nll: the pruned model's; retention_* against the unpruned model (1.0 = kept).
+    slices: accuracy per slice of the domain's records (see `run_sweep`'s `slice_by`); empty
+        when the sweep was not sliced.
     """
 
     budget: int
@@ -37,11 +42,15 @@ class SweepRow:
     retention_accuracy: float
     retention_nll: float
     error: str = ""
+    slices: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    """A whole sweep: the unpruned model's scores per domain and every point."""
+    """A whole sweep: the unpruned model's scores per domain and every point.
+
+    original_slices: the unpruned model's accuracy per domain and slice (empty: not sliced).
+    """
 
     spec: str
     num_layers: int
@@ -49,6 +58,7 @@ class SweepResult:
     strategies: tuple[str, ...]
     original: dict[str, DomainEval]
     rows: tuple[SweepRow, ...]
+    original_slices: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +67,7 @@ class SweepResult:
             "budgets": list(self.budgets),
             "strategies": list(self.strategies),
             "original": {d: dataclasses.asdict(e) for d, e in self.original.items()},
+            "original_slices": self.original_slices,
             "rows": [{**dataclasses.asdict(r), "removed": list(r.removed)} for r in self.rows],
         }
 
@@ -69,6 +80,7 @@ class SweepResult:
             strategies=tuple(data["strategies"]),
             original={d: DomainEval(**e) for d, e in data["original"].items()},
             rows=tuple(SweepRow(**{**r, "removed": tuple(r["removed"])}) for r in data["rows"]),
+            original_slices=data.get("original_slices", {}),
         )
 
     @property
@@ -97,6 +109,28 @@ def eval_sets(plan: Plan) -> dict[str, DataSource]:
 
 
 Progress = Callable[[str, int, int], None]
+#: slice_by(domain, record) -> the name of the slice (e.g. the task) the record belongs to.
+SliceBy = Callable[[str, "Record"], str]
+
+
+def _evaluate(
+    model: Any,
+    processor: Any,
+    records: Mapping[str, Sequence[Record]],
+    slice_by: SliceBy | None,
+    cache: dict[Any, Any],
+) -> dict[str, tuple[DomainEval, dict[str, float]]]:
+    """Per domain: the DomainEval and the accuracy of each slice (one evaluation pass)."""
+    out = {}
+    for domain, recs in records.items():
+        results = evaluate_records(model, processor, recs, cache=cache)
+        slices: dict[str, list[Any]] = {}
+        if slice_by is not None:
+            for rec, result in zip(recs, results, strict=True):
+                slices.setdefault(slice_by(domain, rec), []).append(result)
+        accuracy = {name: summarize(group).accuracy for name, group in slices.items()}
+        out[domain] = (summarize(results), accuracy)
+    return out
 
 
 def run_sweep(
@@ -109,6 +143,7 @@ def run_sweep(
     samples: int | None = None,
     progress: Progress | None = None,
     cache_dir: Path | None = None,
+    slice_by: SliceBy | None = None,
 ) -> SweepResult:
     """Evaluate every (budget, strategy) on every domain with eval data, pruning in memory.
 
@@ -117,7 +152,8 @@ def run_sweep(
     infeasible is recorded as an error row, not raised. Identical selections are evaluated once.
     progress(stage, done, total) is called as points finish. `auto` measures its candidates
     on the spec's calibration data (prepared once for all budgets; results cached in
-    `cache_dir`, as in `build`).
+    `cache_dir`, as in `build`). slice_by: also report accuracy
+    per slice of each domain's records (e.g. per task), from the same evaluation pass.
     """
     from prunec.arch import skip_layers
     from prunec.data import read_evaluation
@@ -134,10 +170,9 @@ def run_sweep(
     base = Constraints.from_plan(plan, num_layers)
     context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=False)
     inputs_cache: dict[Any, Any] = {}
-    original = {
-        d: evaluate(model, processor, recs, cache=inputs_cache) for d, recs in records.items()
-    }
-    done_sets: dict[tuple[int, ...], dict[str, DomainEval]] = {(): original}
+    unpruned = _evaluate(model, processor, records, slice_by, inputs_cache)
+    original = {d: result for d, (result, _) in unpruned.items()}
+    done_sets = {(): unpruned}
     rows: list[SweepRow] = []
     total = len(budgets) * len(strategies)
     for i, (budget, strategy) in enumerate((b, s) for b in budgets for s in strategies):
@@ -150,11 +185,10 @@ def run_sweep(
         else:
             if removed not in done_sets:
                 with skip_layers(model, removed):
-                    done_sets[removed] = {
-                        d: evaluate(model, processor, recs, cache=inputs_cache)
-                        for d, recs in records.items()
-                    }
-            for domain, result in done_sets[removed].items():
+                    done_sets[removed] = _evaluate(
+                        model, processor, records, slice_by, inputs_cache
+                    )
+            for domain, (result, slices) in done_sets[removed].items():
                 kept = retention(original[domain], result)
                 rows.append(
                     SweepRow(
@@ -167,6 +201,7 @@ def run_sweep(
                         nll=result.nll,
                         retention_accuracy=kept["accuracy"],
                         retention_nll=kept["nll"],
+                        slices=slices,
                     )
                 )
         if progress is not None:
@@ -179,6 +214,7 @@ def run_sweep(
         strategies=tuple(strategies),
         original=original,
         rows=tuple(rows),
+        original_slices={d: slices for d, (_, slices) in unpruned.items() if slices},
     )
 
 
@@ -204,6 +240,7 @@ def write_csv(result: SweepResult, path: Path) -> None:
         for row in result.rows:
             values = dataclasses.asdict(row)
             values["removed"] = " ".join(str(i) for i in row.removed)
+            values["slices"] = json.dumps(row.slices, sort_keys=True) if row.slices else ""
             writer.writerow(values)
 
 
