@@ -86,6 +86,26 @@ def test_per_record_results_summarize_to_the_domain_result(
     assert summarize([]).n == 0 and math.isnan(summarize([]).nll)
 
 
+def test_files_mixing_image_and_text_only_records(
+    tiny: tuple[Any, Any], records: list[Any]
+) -> None:
+    """An eval file with text-only records between image ones (it crashed with KeyError
+    'pixel_values'): batches hold one modality, results keep the file's order and equal
+    evaluating each record alone."""
+    model, processor = tiny
+    mixed = [
+        r if i % 2 == 0 else r.__class__(r.file, r.line, r.text, None, r.answer)
+        for i, r in enumerate(records)
+    ]
+    assert any(r.image is None for r in mixed) and any(r.image is not None for r in mixed)
+    together = evaluate_records(model, processor, mixed, batch_size=4)
+    alone = [evaluate_records(model, processor, [r], batch_size=1)[0] for r in mixed]
+    assert [r.correct for r in together] == [r.correct for r in alone]
+    assert [r.nll_tokens for r in together] == [r.nll_tokens for r in alone]
+    for a, b in zip(together, alone, strict=True):
+        assert a.nll_sum == pytest.approx(b.nll_sum, rel=1e-4, abs=1e-4)
+
+
 def test_nll_matches_a_single_sample_forward(tiny: tuple[Any, Any], records: list[Any]) -> None:
     model, processor = tiny
     tokenizer = processor.tokenizer

@@ -203,13 +203,13 @@ def evaluate_records(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = _eos_ids(model, tokenizer)
     cache = {} if cache is None else cache
-    results: list[RecordEval] = []
+    results: list[RecordEval | None] = [None] * len(records)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(records), batch_size):
-                chunk = records[start : start + batch_size]
+            for rows in _modality_batches(records, batch_size):
+                chunk = [records[i] for i in rows]
                 key = ("batch", max_length, tuple(chunk))
                 if key not in cache:
                     cache[key] = encode(processor, chunk, max_length, with_answer=True)
@@ -222,13 +222,28 @@ def evaluate_records(
                 outputs = _batch_greedy(
                     model, prompts, pad_id, eos_ids, max_new_tokens, image_token_ids(processor)
                 )
-                for row, (rec, out) in enumerate(zip(chunk, outputs, strict=True)):
+                for row, (i, out) in enumerate(zip(rows, outputs, strict=True)):
                     text = tokenizer.decode(out, skip_special_tokens=True)
-                    correct = normalize_answer(text) == normalize_answer(rec.answer or "")
-                    results.append(RecordEval(correct, float(sums[row]), int(counts[row])))
+                    correct = normalize_answer(text) == normalize_answer(records[i].answer or "")
+                    results[i] = RecordEval(correct, float(sums[row]), int(counts[row]))
     finally:
         model.train(was_training)
-    return results
+    return [r for r in results if r is not None]
+
+
+def _modality_batches(records: Sequence[Record], batch_size: int) -> list[list[int]]:
+    """Indices of `records` in batches of one modality each (records with an image, then
+    text-only ones; file order within each): a processor cannot batch an image record with a
+    text-only one (the model would get pixel values for some rows only)."""
+    with_image = [i for i, r in enumerate(records) if r.image is not None or r.image_in_history]
+    text_only = [
+        i for i, r in enumerate(records) if not (r.image is not None or r.image_in_history)
+    ]
+    return [
+        group[start : start + batch_size]
+        for group in (with_image, text_only)
+        for start in range(0, len(group), batch_size)
+    ]
 
 
 def retention(original: DomainEval, pruned: DomainEval) -> dict[str, float]:
