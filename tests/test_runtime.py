@@ -162,3 +162,23 @@ def test_preprocess_refuses_image_splitting(tmp_path: Path) -> None:
     Idefics3ImageProcessorPil(do_image_splitting=True).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="do_image_splitting"):
         preprocess(sample_image(), load_image_config(tmp_path))
+
+
+def test_run_streams_text_as_tokens_arrive(capsys: pytest.CaptureFixture[str]) -> None:
+    """`prunec run` prints each token's text when it is chosen; a character split over two
+    byte-level tokens is printed once complete; the whole line equals decoding at the end."""
+    from prunec.commands.run import TextStream
+
+    pieces = {1: b"Hel", 2: b"lo ", 3: "\u00e9".encode()[:1], 4: "\u00e9".encode()[1:], 5: b"!"}
+
+    def decode(ids: list[int]) -> str:
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    stream = TextStream(decode)
+    seen = []
+    for token in pieces:
+        stream.add(token)
+        seen.append(capsys.readouterr().out)
+    stream.finish()
+    assert seen == ["Hel", "lo ", "", "\u00e9", "!"]
+    assert capsys.readouterr().out == "\n"

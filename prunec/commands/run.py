@@ -6,6 +6,7 @@ on a machine that has only onnxruntime, tokenizers, jinja2, numpy and Pillow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -36,6 +37,34 @@ def _pixels(directory: Path, image: Path, manifest: object) -> object:
             return preprocess_for(manifest, img, load_image_config(directory))
     except (OSError, UnidentifiedImageError) as err:
         raise click.BadParameter(f"cannot read image {image}: {err}", param_hint="--image") from err
+
+
+class TextStream:
+    """Prints generated text as tokens arrive.
+
+    Each step decodes every token so far and prints what was added since the last print, so
+    a character spread over several byte-level tokens appears once it is complete (a
+    trailing U+FFFD means "incomplete" and waits for the next token).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        if text.endswith("\ufffd") or not text.startswith(self.shown):
+            return
+        click.echo(text[len(self.shown) :], nl=False)
+        self.shown = text
+
+    def finish(self) -> None:
+        """Print what is left and end the line."""
+        text = self.decode(self.tokens)
+        click.echo(text[len(self.shown) :] if text.startswith(self.shown) else "")
+        self.shown = text
 
 
 @click.command("run")
@@ -84,11 +113,17 @@ def command(
             raise click.BadParameter(str(err), param_hint="--image") from err
     pixels = _pixels(directory, image, manifest) if image is not None else None
     ids = builder.encode(text, image_expansion(manifest) if image is not None else None)
+    stream = TextStream(builder.decode)
     try:
-        result = gen.generate(ids, pixels, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+        result = gen.generate(
+            ids,
+            pixels,  # type: ignore[arg-type]
+            max_new_tokens=max_new_tokens,
+            on_token=stream.add,
+        )
     except ValueError as err:
         raise BuildError(str(err)) from err
-    click.echo(builder.decode(result.tokens))
+    stream.finish()
     if show_ids:
         click.echo(" ".join(str(t) for t in result.tokens))
     steps = max(len(result.tokens) - 1, 1)

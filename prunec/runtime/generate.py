@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,8 +172,12 @@ class OnnxGenerator:
         input_ids: list[int] | np.ndarray,
         pixel_values: np.ndarray | None = None,
         max_new_tokens: int = 32,
+        on_token: Callable[[int], None] | None = None,
     ) -> GenerationResult:
-        """Greedy tokens for one prompt, stopping after an eos id or `max_new_tokens`."""
+        """Greedy tokens for one prompt, stopping after an eos id or `max_new_tokens`.
+
+        on_token: called with each token id as soon as it is chosen (streaming output).
+        """
         ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
         embeds, deepstack = self.prompt_inputs(ids, pixel_values)
         eos = set(self.manifest.eos_token_ids)
@@ -192,6 +197,8 @@ class OnnxGenerator:
                 prefill_s = time.perf_counter() - t0
             token = int(np.argmax(logits[0, -1]))
             tokens.append(token)
+            if on_token is not None:
+                on_token(token)
             if token in eos:
                 break
             new = self.embed(np.array([[token]], np.int64))
