@@ -386,6 +386,34 @@ def test_int8_reports_agreement_and_runs(artifact: Callable[..., Artifact]) -> N
     assert len(_run_cli(art.directory)) >= 1
 
 
+def test_int8_vlm_quantizes_the_decoder_only(
+    artifact: Callable[..., Artifact], tmp_path: Path
+) -> None:
+    """`quantize int8` on a VLM: the decoder gets int8 weights, the vision graph stays float;
+    the check measures the int8 logits on image prompts and `prunec run` answers with an
+    image. Runs the check on a copy of the float artifact (no second export)."""
+    from prunec.backends.onnx.emit import verify_artifact
+    from prunec.backends.onnx.parity import to_sample
+
+    art = artifact("llava")
+    copy = tmp_path / "int8"
+    shutil.copytree(art.directory, copy)
+    samples = [to_sample(sample_inputs("llava", art.processor, spec=art.spec))]
+    report = verify_artifact(
+        art.model, art.processor, copy, target=OnnxOptions(quantize="int8"), samples=samples
+    )
+    assert report.int8_logit_max_abs_diff is not None and report.int8_top1_agreement is not None
+    graphs = Manifest.read(copy).graphs
+    ops = {
+        role: {n.op_type for n in onnx.load(str(copy / graphs[role].file)).graph.node}
+        for role in ("decoder", "vision_encoder")
+    }
+    quantized = {"MatMulInteger", "DynamicQuantizeLinear"}
+    assert ops["decoder"] & quantized and not ops["vision_encoder"] & quantized
+    _image(art).save(tmp_path / "image.png")
+    assert len(_run_cli(copy, "--image", str(tmp_path / "image.png"))) >= 1
+
+
 def test_kv_cache_off_matches_generate(artifact: Callable[..., Artifact]) -> None:
     art = artifact("llama", kv_cache=False)
     manifest = Manifest.read(art.directory)

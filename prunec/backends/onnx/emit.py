@@ -312,10 +312,12 @@ def _save_side_files(model: nn.Module, processor: Any | None, out_dir: Path) -> 
 
 
 def _quantize(paths: dict[str, Path]) -> None:
-    """Dynamic int8 weights for the decoder and vision graphs (embeddings stay float)."""
+    """Dynamic int8 weights for the decoder graph. The vision encoder and the embeddings stay
+    float: the vision tower is a small share of a VLM's weights and compute, and its errors
+    would reach every image token of the decoder's input."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for role in ("decoder", "vision_encoder"):
+    for role in ("decoder",):
         if role not in paths:
             continue
         path = paths[role]
