@@ -530,8 +530,8 @@ def _build_in_memory(
     check_model_fit(plan, loaded.num_layers)
     check_targets_supported(plan, model_config_dict(loaded))
 
+    from prunec.plan.registry import strategies
     from prunec.planning import solve
-    from prunec.planning.strategies import MEASURED_STRATEGIES
 
     scores = None
     if plan.prune.remove is None:
@@ -541,7 +541,8 @@ def _build_in_memory(
         scores = score(plan, loaded, cache_dir=cache_dir)
         timings["score"] = time.perf_counter() - tick
     context = None
-    if plan.prune.remove is None and plan.prune.strategy in MEASURED_STRATEGIES:
+    info = strategies().get(plan.prune.strategy)
+    if plan.prune.remove is None and info is not None and info.measured:
         from prunec.planning.search import SearchContext
 
         context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=reporter is not None)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from prunec.pipeline import BuildResult
-    from prunec.planning import SearchSummary, Selection
+    from prunec.planning import Candidate, SearchSummary, Selection
     from prunec.scoring import LayerScores
 
 
@@ -66,13 +66,14 @@ def _shown(summary: SearchSummary) -> list[int]:
 
 def search_line(summary: SearchSummary) -> str:
     """One line: how many candidates, why the search stopped, what won and by how much."""
-    from prunec.planning.problem import FIXED_ORIGINS
+    from prunec.plan.strategies import strategies_where
 
+    baselines = set(strategies_where(baseline=True))
     chosen = summary.selected
     fixed = [
         c.held_out
         for c in summary.candidates
-        if c.held_out is not None and set(c.origin) & set(FIXED_ORIGINS)
+        if c.held_out is not None and set(c.origin) & baselines
     ]
     line = (
         f"auto: measured {summary.evaluations} of at most {summary.budget} candidates "
@@ -82,7 +83,16 @@ def search_line(summary: SearchSummary) -> str:
         line += f", held-out {chosen.held_out:.4f}"
         if fixed:
             line += f" (best fixed strategy {min(fixed):.4f})"
+    if summary.guard:
+        line += f"; per-domain guard: {summary.guard}"
     return line
+
+
+def _guard_cell(candidate: Candidate) -> str:
+    """The per-domain guard's verdict on a finalist: "ok", or the domains it regresses."""
+    if candidate.regresses is None:
+        return ""
+    return "worse: " + ", ".join(candidate.regresses) if candidate.regresses else "ok"
 
 
 def candidates_table(summary: SearchSummary) -> Table:
@@ -103,6 +113,7 @@ def candidates_table(summary: SearchSummary) -> Table:
         ("proxy", "right"),
         ("search", "right"),
         ("held-out", "right"),
+        ("guard", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for index in _shown(summary):
@@ -115,14 +126,20 @@ def candidates_table(summary: SearchSummary) -> Table:
             f"{cand.proxy:.4f}",
             f"{cand.search:.4f}",
             f"{cand.held_out:.4f}" if cand.held_out is not None else "",
+            _guard_cell(cand),
             style="bold green" if chosen else None,
         )
+    captions = []
+    if summary.guard:
+        captions.append(f"per-domain guard: {summary.guard}")
     stopped = len(summary.candidates) - len(_shown(summary))
     if stopped:
-        table.caption = (
+        captions.append(
             f"{stopped} more moves stopped early, already worse than the best "
             "(see --json for their partial values)"
         )
+    if captions:
+        table.caption = "\n".join(captions)
     return table
 
 
@@ -149,11 +166,12 @@ def how_chosen_markdown(selection: Selection) -> str:
         f"weighted by the spec): lower is better. Records per domain, search/held-out: "
         f"{samples}. Candidates came from every ranking, then a local search from the best "
         f"one; the held-out part decided among {len(summary.finalists) or 'no'} finalists. "
-        f"Chosen: {', '.join(chosen.origin)}. Budget regime: {selection.regime} (reported, "
+        + (f"Per-domain no-regression guard: {summary.guard}. " if summary.guard else "")
+        + f"Chosen: {', '.join(chosen.origin)}. Budget regime: {selection.regime} (reported, "
         "not a rule).",
         "",
-        "| origin | removed | proxy | search | held-out |",
-        "|---|---|---:|---:|---:|",
+        "| origin | removed | proxy | search | held-out | guard |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for index in _shown(summary):
         cand = summary.candidates[index]
@@ -161,7 +179,7 @@ def how_chosen_markdown(selection: Selection) -> str:
         held = f"{cand.held_out:.4f}" if cand.held_out is not None else ""
         lines.append(
             f"| {', '.join(cand.origin)}{mark} | {_layers(cand.removed)} | {cand.proxy:.4f} | "
-            f"{cand.search:.4f} | {held} |"
+            f"{cand.search:.4f} | {held} | {_guard_cell(cand)} |"
         )
     unpruned = ", ".join(
         f"{part.replace('_', '-')} {value:.4f}" for part, value in summary.unpruned.items()

@@ -25,7 +25,6 @@ from typing import Any
 import click
 
 REPO = Path(__file__).resolve().parent.parent
-STRATEGIES = ("domain", "bi", "angular", "uniform", "last", "auto")
 #: Strategies that rank layers from calibration (`last` is the naive baseline; `auto` is judged
 #: against the best of the others separately).
 INFORMED = ("domain", "bi", "angular", "uniform")
@@ -88,7 +87,10 @@ def regimes(result: Any) -> dict[str, list[int]]:
 
 
 def fixed(result: Any) -> list[str]:
-    return [s for s in result.strategies if s != "auto"]
+    """The swept strategies that do not measure their choice (the published baselines)."""
+    from prunec.plan.registry import strategies
+
+    return [s for s in result.strategies if not strategies()[s].measured]
 
 
 def best(result: Any, budget: int, domain: str, among: Sequence[str]) -> tuple[float, list[str]]:
@@ -514,7 +516,9 @@ def run_one(
 
 @click.command()
 @click.option("--testbeds", default=None, help="Comma-separated (default: every results testbed).")
-@click.option("--strategies", default=",".join(STRATEGIES), show_default=True)
+@click.option(
+    "--strategies", default=None, help="Comma-separated (default: what `prunec sweep` runs)."
+)
 @click.option("--samples", type=int, default=None, help="Eval lines per domain (default all).")
 @click.option("--calib", type=int, default=128, show_default=True, help="Calibration samples.")
 @click.option(
@@ -524,14 +528,23 @@ def run_one(
     help="Rewrite the docs from build/results/*/sweep.json without re-running the sweeps.",
 )
 def main(
-    testbeds: str | None, strategies: str, samples: int | None, calib: int, from_json: bool
+    testbeds: str | None,
+    strategies: str | None,
+    samples: int | None,
+    calib: int,
+    from_json: bool,
 ) -> None:
     """Run the sweeps on the results testbeds and write docs/RESULTS.md and its plots."""
+    from prunec.plan.strategies import sweep_strategies
     from prunec.testbed import RESULTS_TESTBEDS
     from prunec.verify.sweep import SweepResult, plot, render_table
 
     kinds = tuple(testbeds.split(",")) if testbeds else RESULTS_TESTBEDS
-    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    chosen = (
+        tuple(s.strip() for s in strategies.split(",") if s.strip())
+        if strategies
+        else sweep_strategies()
+    )
     done = []
     for kind in kinds:
         out_dir = REPO / "build" / "results" / kind

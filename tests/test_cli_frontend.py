@@ -169,6 +169,40 @@ def test_check_and_fmt_do_not_import_torch(command: list[str]) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY [] EXIT 0", proc.stderr
 
 
+_FRONT_END_ONLY = """
+import sys
+from pathlib import Path
+from prunec.syntax import analyze, check_file, validate_against_model
+for spec in sys.argv[1:]:
+    check_file(spec)
+bad = analyze('model "m"\\ndomain d { data "d.jsonl" }\\n'
+              'prune { budget 2 layers\\n strategy domian\\n}\\n')
+codes = sorted(d.code for d in bad.diagnostics)
+search = analyze('model "m"\\ndomain d { data "d.jsonl" }\\n'
+                 'prune { budget 2 layers\\n strategy domain\\n search 8\\n}\\n')
+codes += sorted(d.code for d in search.diagnostics)
+plan = analyze('model "m"\\ndomain d { data "d.jsonl" }\\nprune { budget 20 layers }\\n').plan
+codes += sorted(d.code for d in validate_against_model(plan, 12))
+loaded = sorted(m for m in ("prunec.planning", "prunec.scoring", "torch") if m in sys.modules)
+print("CODES", codes, "LOADED", loaded)
+"""
+
+
+def test_front_end_depends_only_on_plan_and_errors() -> None:
+    """The front end reads strategy declarations and constraint rules from `prunec.plan`:
+    checking every example spec, an unknown strategy (E210), another strategy's option
+    (E232) and a budget too large for the model (E301) imports neither the planner nor torch."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRONT_END_ONLY, *SPECS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    assert last == "CODES ['E210', 'E232', 'E301'] LOADED []", proc.stderr
+
+
 def test_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
     spec = tmp_path / "bad.prune"
     spec.write_text('model "x"\ndomain d { data "a" weight -1 }\nprune { budget 200% }\n\x00')

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from prunec.errors import Span, SpecError
 from prunec.plan.model import Budget, DomainSpec, ModelSpec, Plan, PruneSpec
+from prunec.plan.strategies import strategy_names
 from prunec.planning import (
-    STRATEGY_REGISTRY,
     Constraints,
     Selection,
     objective,
@@ -174,7 +174,7 @@ def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(SpecError) as err:
         solve(Constraints(8, 2, strategy="greedy"), {"d": [0.1] * 8})
     assert "unknown strategy" in str(err.value)
-    assert all(name in err.value.render() for name in STRATEGY_REGISTRY)
+    assert all(name in err.value.render() for name in strategy_names())
 
 
 def make_plan(**prune) -> Plan:
@@ -268,3 +268,37 @@ def test_solve_errors_exactly_when_infeasible(n, data):
     else:
         selection = solve(c, {"d": importance})
         assert selection.objective == pytest.approx(best, abs=1e-6)
+
+
+def deepest_first(c: Constraints, scores: LayerScores | None) -> Selection:
+    """A strategy plug-in for the test below: the `budget` deepest removable layers."""
+    removable = [i for i in range(c.num_layers) if i not in c.forbidden]
+    gone = tuple(sorted(removable[-c.budget :]))
+    kept = tuple(i for i in range(c.num_layers) if i not in gone)
+    return Selection(gone, kept, c.strategy, "deepest", c.regime, 0.0, (), 0.0, c.num_layers)
+
+
+def test_a_registered_strategy_is_known_to_the_front_end_and_the_planner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding a strategy is one declaration: the front end accepts its name (and checks its
+    needs), `solve` dispatches to its implementation, sweeps run it by default."""
+    from prunec.plan.registry import strategies
+    from prunec.plan.strategies import StrategyInfo, sweep_strategies
+    from prunec.syntax import parse
+
+    registry = strategies()
+    info = StrategyInfo("deepest", "test plug-in", f"{__name__}:deepest_first", scores=True)
+    monkeypatch.setattr(registry, "_found", {**registry.all(), "deepest": info})
+    text = 'model "o/m"\n{domain}prune {{ budget 2 layers\n strategy deepest\n {extra}}}\n'
+    plan = parse(text.format(domain='domain a { data "a" }\n', extra="keep last 1\n"))
+    assert plan.prune.strategy == "deepest"
+    assert solve(plan, {}, 8).removed == (5, 6)
+    assert "deepest" in sweep_strategies()
+    with pytest.raises(SpecError) as err:  # it declares that it needs calibration scores
+        parse(text.format(domain="", extra=""))
+    assert [d.code for d in err.value.diagnostics] == ["E225"]
+    with pytest.raises(SpecError) as err:  # `search` is `auto`'s option, not its
+        parse(text.format(domain='domain a { data "a" }\n', extra="search 4\n"))
+    assert [d.code for d in err.value.diagnostics] == ["E232"]
+    assert "use `strategy auto`" in err.value.render()

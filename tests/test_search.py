@@ -25,15 +25,17 @@ from prunec.data import Record, encode, read_records
 from prunec.errors import ExitCode, SpecError
 from prunec.plan.model import ModelSpec
 from prunec.planning import (
+    Candidate,
     Constraints,
     MeasuredObjective,
     Measurement,
     SearchContext,
+    SearchSummary,
     run_search,
     solve,
 )
 from prunec.planning.measure import KL_POSITIONS, KL_TOP_K, DomainSplit, split_records
-from prunec.planning.search import neighbours, proposals
+from prunec.planning.search import guarded_pick, neighbours, proposals
 from prunec.scoring import DomainStats, LayerScores, score
 from prunec.syntax import parse
 
@@ -202,6 +204,92 @@ def test_held_out_split_is_every_fourth_record() -> None:
     assert held == [3, 7] and search == [0, 1, 2, 4, 5, 6, 8, 9]
     assert split_records([0, 1, 2]) == ([0, 1], [2])  # type: ignore[arg-type]
     assert split_records([0]) == ([0], [])  # type: ignore[arg-type]
+
+
+def _finalist(removed: tuple[int, ...], origin: str, math: float, general: float) -> Candidate:
+    held = 0.7 * math + 0.3 * general
+    return Candidate(
+        removed=removed,
+        origin=(origin,),
+        proxy=0.0,
+        search=held,
+        held_out=held,
+        held_out_domains={"math": math, "general": general},
+    )
+
+
+def test_guard_refuses_a_combined_gain_bought_with_one_domains_loss() -> None:
+    # The local-search move wins on the combined objective (0.7 x math + 0.3 x general) but
+    # loses general: 0.80 vs the best fixed strategy's 0.50, beyond 5%. The spacing proposal
+    # is within tolerance on both domains and beats every fixed strategy's combined value.
+    candidates = [
+        _finalist((2, 3), "domain", math=1.00, general=0.50),
+        _finalist((5, 6), "bi", math=0.95, general=0.70),
+        _finalist((3, 7), "swap 2->7", math=0.60, general=0.80),  # combined 0.66
+        _finalist((2, 6), "domain+spacing 0.5", math=0.90, general=0.52),  # combined 0.786
+    ]
+    finalists, fixed = (0, 1, 2, 3), (0, 1)
+    weights = {"math": 0.7, "general": 0.3}
+    assert min(finalists, key=lambda i: candidates[i].held_out or 0) == 2
+    chosen, regressions, decision = guarded_pick(candidates, finalists, fixed, weights)
+    assert chosen == 3
+    assert regressions == {0: ("math",), 1: ("general",), 2: ("general",), 3: ()}
+    assert "swap 2->7" in decision and "on general" in decision
+
+    # Within tolerance (0.52 <= 0.50 + 5%), the combined best wins as before.
+    candidates[2] = _finalist((3, 7), "swap 2->7", math=0.60, general=0.52)
+    chosen, regressions, decision = guarded_pick(candidates, finalists, fixed, weights)
+    assert chosen == 2 and not regressions[2] and decision.startswith("the best finalist is")
+
+    # A domain without weight is not guarded.
+    candidates[2] = _finalist((3, 7), "swap 2->7", math=0.60, general=0.80)
+    chosen, _, _ = guarded_pick(candidates, finalists, fixed, {"math": 1.0, "general": 0.0})
+    assert chosen == 2
+
+    # No finalist keeps both domains within tolerance of the best fixed value on each (math
+    # 0.60 from one, general 0.50 from the other): the combined objective decides.
+    candidates = [
+        _finalist((2, 3), "domain", math=1.00, general=0.50),
+        _finalist((5, 6), "bi", math=0.60, general=0.90),
+        _finalist((3, 7), "swap 2->7", math=0.70, general=0.70),
+    ]
+    chosen, regressions, decision = guarded_pick(candidates, (0, 1, 2), (0, 1), weights)
+    assert chosen == 1 and regressions[2] == ("math", "general")
+    assert decision.startswith("no finalist is within")
+
+
+def test_guard_decision_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from prunec.report import candidates_table, search_line
+
+    candidates = [
+        _finalist((2, 3), "domain", math=1.00, general=0.50),
+        _finalist((3, 7), "swap 2->7", math=0.60, general=0.80),
+        _finalist((2, 6), "domain+spacing 0.5", math=0.90, general=0.52),
+    ]
+    chosen, regressions, decision = guarded_pick(
+        candidates, (0, 1, 2), (0,), {"math": 0.7, "general": 0.3}
+    )
+    judged = [dataclasses.replace(c, regresses=regressions[i]) for i, c in enumerate(candidates)]
+    summary = SearchSummary(
+        candidates=tuple(judged),
+        chosen=chosen,
+        finalists=(0, 1, 2),
+        budget=8,
+        evaluations=3,
+        stopped="local optimum",
+        kinds={"math": "nll", "general": "nll"},
+        samples={"math": (6, 2), "general": (6, 2)},
+        unpruned={"search": 0.1, "held_out": 0.1},
+        guard=decision,
+    )
+    assert SearchSummary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
+    Console(width=200).print(candidates_table(summary))
+    table = capsys.readouterr().out
+    assert "worse: general" in table and "per-domain guard: the best finalist on the" in table
+    assert "domain+spacing 0.5  <- chosen" in table
+    assert "per-domain guard:" in search_line(summary)
 
 
 # ------------------------------------------------------------------ independent references

@@ -106,11 +106,12 @@ def _context(
     plan: Plan, scores_file: Path | None, cache_dir: Path | None, model: LazyModel
 ) -> SearchContext | None:
     """`auto`'s model and data to measure on; None with `--scores` (nothing to measure)."""
-    from prunec.planning.strategies import MEASURED_STRATEGIES
+    from prunec.plan.registry import strategies
 
     if scores_file is not None or plan.prune.remove is not None:
         return None
-    if plan.prune.strategy not in MEASURED_STRATEGIES:
+    info = strategies().get(plan.prune.strategy)
+    if info is None or not info.measured:
         return None
     from prunec.planning.search import SearchContext
 

@@ -35,12 +35,13 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def check_strategies(text: str) -> tuple[str, ...]:
-    """Comma-separated strategy names, each known to the planner (never `manual`)."""
+    """Comma-separated strategy names, each a registered strategy that chooses layers itself
+    (not one that takes the spec's `remove` list)."""
     from prunec.errors import did_you_mean
-    from prunec.planning import STRATEGY_REGISTRY
+    from prunec.plan.strategies import strategies_where
 
     names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    valid = sorted(set(STRATEGY_REGISTRY) - {"manual"})
+    valid = sorted(strategies_where(explicit=False))
     problems = []
     for name in names:
         if name not in valid:
@@ -68,7 +69,8 @@ def check_strategies(text: str) -> tuple[str, ...]:
 @click.option(
     "--strategies",
     default=None,
-    help="Comma-separated strategies (default: domain,bi,angular,uniform,last,auto).",
+    help="Comma-separated strategies (default: every strategy that chooses layers and needs "
+    "no extra scoring pass).",
 )
 @click.option(
     "-o",
@@ -97,9 +99,9 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prunec.pipeline import preflight
+    from prunec.plan.strategies import sweep_strategies
     from prunec.syntax import load_spec
     from prunec.verify.sweep import (
-        DEFAULT_STRATEGIES,
         plot,
         render_table,
         run_sweep,
@@ -109,7 +111,7 @@ def command(
 
     console = Console(stderr=True)
     plan = load_spec(spec)
-    chosen = check_strategies(strategies) if strategies else DEFAULT_STRATEGIES
+    chosen = check_strategies(strategies) if strategies else sweep_strategies()
     requested = parse_int_list(budgets, "--budgets") if budgets else None
     preflight(plan)
 

@@ -21,19 +21,6 @@ from prunec.errors import Span
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
-#: Layer-selection strategies, in the order the docs list them. `manual` means an explicit
-#: `remove` list (no scoring). The scoring/planning stage owns their behaviour.
-STRATEGIES: tuple[str, ...] = (
-    "auto",
-    "domain",
-    "bi",
-    "angular",
-    "last",
-    "uniform",
-    "iterative",
-    "manual",
-)
-
 #: `auto`'s default compute budget: at most this many candidate evaluations on the search part
 #: of the calibration data (docs/language.md gives what that costs).
 DEFAULT_SEARCH = 48
@@ -172,7 +159,8 @@ class PruneSpec(_Frozen):
     keep_first / keep_last: never remove the first/last N layers.
     protect: layer indices that are never removed.
     remove: explicit layers to remove (manual selection); None = let the strategy choose.
-    strategy: one of STRATEGIES; "manual" iff `remove` is given.
+    strategy: a registered strategy (`prunec.plan.registry.strategies()`); "manual" iff
+        `remove` is given.
     spacing_weight: weight of the spacing term of the scored strategies' objective (None = 0);
         with `auto`, one more proposal (the domain ranking with this weight).
     search: `auto`'s compute budget: the most candidate evaluations on the search part.

@@ -1,10 +1,12 @@
 """Plug-in registries: each target kind (and each strategy) owns its name and its options.
 
 A registry finds its plug-ins by importing every subpackage of one package (`prunec.backends`
-for target kinds) and every entry point of one group (`prunec.targets`, for plug-ins shipped by
-other distributions); a plug-in exposes one object under a fixed attribute (`BACKEND`). Nothing
-lists the names anywhere else: the front end validates a spec's kinds and options against what
-the registry found, so adding a kind is one new package plus its tests.
+for target kinds), or by reading one module's declarations (`prunec.plan.strategies` for
+strategies, whose implementations load lazily from `prunec.planning`), and every entry point of
+one group (`prunec.targets`, `prunec.strategies`, for plug-ins shipped by other distributions);
+a plug-in exposes one object under a fixed attribute (`BACKEND`, `STRATEGIES`). Nothing lists
+the names anywhere else: the front end validates a spec's kinds, strategies and options against
+what the registry found, so adding one is one new module plus its tests.
 
 Plug-in packages must import light (no torch, transformers or onnx at import time): `prunec
 check` walks them to validate specs and must start instantly.
@@ -26,12 +28,22 @@ class Registry(Generic[T]):
 
     attribute: the module attribute holding the plug-in object (modules without it are not
         plug-ins). name_of: the plug-in's name. what: how users call one ("target kind").
+    declared: True when `package` is one module whose `attribute` is a sequence of plug-ins
+        (kept in its order), instead of a package whose subpackages each expose one.
     """
 
     def __init__(
-        self, package: str, attribute: str, group: str, what: str, name_of: Callable[[T], str]
+        self,
+        package: str,
+        attribute: str,
+        group: str,
+        what: str,
+        name_of: Callable[[T], str],
+        *,
+        declared: bool = False,
     ):
         self.package = package
+        self.declared = declared
         self.attribute = attribute
         self.group = group
         self.what = what
@@ -39,7 +51,8 @@ class Registry(Generic[T]):
         self._found: dict[str, T] | None = None
 
     def all(self) -> Mapping[str, T]:
-        """Every plug-in by name, built-in ones first (sorted), then entry points."""
+        """Every plug-in by name, built-in ones first (sorted, or in declared order), then
+        entry points."""
         if self._found is None:
             self._found = self._discover()
         return self._found
@@ -60,7 +73,10 @@ class Registry(Generic[T]):
     def _discover(self) -> dict[str, T]:
         found: dict[str, T] = {}
         root = importlib.import_module(self.package)
-        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
+        if self.declared:
+            for plugin in getattr(root, self.attribute):
+                found.setdefault(self._name_of(plugin), plugin)
+        for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=_name):
             if info.ispkg:
                 module = importlib.import_module(f"{self.package}.{info.name}")
                 plugin = getattr(module, self.attribute, None)
@@ -72,6 +88,10 @@ class Registry(Generic[T]):
         return found
 
 
+def _name(info: pkgutil.ModuleInfo) -> str:
+    return info.name
+
+
 def target_kinds() -> Registry[Any]:
     """The target-kind registry (`prunec.backends.*` packages exposing `BACKEND`)."""
     return _TARGETS
@@ -79,4 +99,20 @@ def target_kinds() -> Registry[Any]:
 
 _TARGETS: Registry[Any] = Registry(
     "prunec.backends", "BACKEND", "prunec.targets", "target kind", lambda b: str(b.name)
+)
+
+
+def strategies() -> Registry[Any]:
+    """The strategy registry (`prunec.plan.strategies.STRATEGIES`, then `prunec.strategies`
+    entry points): `StrategyInfo` declarations, in the order the docs list them."""
+    return _STRATEGIES
+
+
+_STRATEGIES: Registry[Any] = Registry(
+    "prunec.plan.strategies",
+    "STRATEGIES",
+    "prunec.strategies",
+    "strategy",
+    lambda s: str(s.name),
+    declared=True,
 )

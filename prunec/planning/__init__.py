@@ -2,8 +2,10 @@
 
 The fixed strategies solve an additive proxy exactly from the scores (`solve`); `auto` measures
 candidates on the model (`MeasuredObjective`) and searches locally (`SearchContext`,
-`run_search`). `Constraints`, `Selection` and the constraint rules import without numpy (so
-`prunec check` stays light); the solver, strategies and the measured search load on first use.
+`run_search`). Which strategies exist is declared in `prunec.plan.strategies`; the problem
+(`Constraints`, regimes, the constraint rules) lives in `prunec.plan.constraints` and is
+re-exported here. `Selection` imports without numpy; the solver, strategies and the measured
+search load on first use.
 """
 
 from __future__ import annotations
@@ -11,24 +13,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from prunec.planning.problem import (
-    LOW_MAX,
-    MODERATE_MAX,
-    SPACING_PROPOSALS,
-    Candidate,
-    Constraints,
-    Regime,
-    SearchSummary,
-    Selection,
-    regime_for,
-)
+from prunec.plan.constraints import LOW_MAX, MODERATE_MAX, Constraints, Regime, regime_for
+from prunec.planning.problem import SPACING_PROPOSALS, Candidate, SearchSummary, Selection
 
 _LAZY = {
     "objective": "prunec.planning.exact",
     "satisfies": "prunec.planning.exact",
     "solve_exact": "prunec.planning.exact",
     "spacing_penalty": "prunec.planning.exact",
-    "STRATEGY_REGISTRY": "prunec.planning.strategies",
     "solve": "prunec.planning.strategies",
     "SearchContext": "prunec.planning.search",
     "run_search": "prunec.planning.search",
@@ -41,7 +33,6 @@ __all__ = [
     "LOW_MAX",
     "MODERATE_MAX",
     "SPACING_PROPOSALS",
-    "STRATEGY_REGISTRY",
     "Candidate",
     "Constraints",
     "MeasuredObjective",

@@ -13,6 +13,11 @@
 4. Pick: the best `FINALISTS` sets and every fixed strategy's proposal are measured on the
    held-out part; the lowest held-out value wins (ties: lower search value). So, on data the
    search did not optimise on, the choice is never worse than any fixed strategy's set.
+   A per-domain no-regression guard comes first (`guarded_pick`): only finalists whose
+   held-out value on every domain with positive weight is within `GUARD_RELATIVE` /
+   `GUARD_ABSOLUTE` of the best fixed strategy's value on that domain (and whose combined
+   value is no worse than the best fixed strategy's) compete; when none does, the combined
+   value alone decides. Its decision is reported (`SearchSummary.guard`).
 
 The result (every candidate, the finalists, the winner) is cached with the scores, keyed by
 everything it depends on, so re-planning with the same inputs runs no forward pass.
@@ -20,23 +25,20 @@ everything it depends on, so re-planning with the same inputs runs no forward pa
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunec.errors import SpecError
+from prunec.plan.constraints import Constraints
+from prunec.plan.registry import strategies
+from prunec.plan.strategies import strategies_where
 from prunec.planning.exact import satisfies
-from prunec.planning.problem import (
-    FIXED_ORIGINS,
-    SPACING_PROPOSALS,
-    Candidate,
-    Constraints,
-    SearchSummary,
-    Selection,
-)
+from prunec.planning.problem import SPACING_PROPOSALS, Candidate, SearchSummary, Selection
 from prunec.scoring.cache import ScoreCache, cache_key
 from prunec.scoring.scores import LayerScores
 
@@ -46,13 +48,20 @@ if TYPE_CHECKING:
     from prunec.planning.measure import MeasuredObjective, Measurement, Transform
 
 #: How many of the best search-part candidates are measured on the held-out part (besides
-#: every fixed strategy's proposal, FIXED_ORIGINS: so `auto` never picks a set that is worse
-#: on the held-out part than any published baseline's).
+#: every fixed strategy's proposal, the registry's baselines: so `auto` never picks a set that
+#: is worse on the held-out part than any published baseline's).
 FINALISTS = 3
+#: The per-domain no-regression guard's tolerance. A finalist keeps a domain when its held-out
+#: value there (mean answer NLL or KL, lower is better) is at most the best fixed strategy's
+#: value b on that domain plus max(GUARD_RELATIVE x b, GUARD_ABSOLUTE): 5% of the baseline's
+#: loss, and at least 0.01 nats so that near-zero losses (a saturated domain) do not turn
+#: float noise into a regression. A combined gain may not be bought with one domain's loss.
+GUARD_RELATIVE = 0.05
+GUARD_ABSOLUTE = 0.01
 #: Run shifts tried by the local search (a shift by one of a single layer is also a swap).
 SHIFTS = (-2, -1, 1, 2)
 #: Bump when the search procedure changes what it picks (part of the cache key).
-SEARCH_VERSION = "1"
+SEARCH_VERSION = "2"
 
 Report = Callable[[str, int, int, "Candidate | None"], None]
 
@@ -199,10 +208,10 @@ def proposals(c: Constraints, scores: LayerScores) -> list[tuple[tuple[int, ...]
         for name in names:
             alone = replace(base, strategy="domain", weights={name: 1.0})
             options.append((f"domain:{name}", alone))
-    for strategy in ("bi", "angular", "uniform", "last"):
+    for strategy in strategies_where(baseline=True):
+        if strategy == "domain" or (strategies()[strategy].ablation and not scores.iterative_order):
+            continue  # the domain ranking leads (above); ablation orders only when computed
         options.append((strategy, replace(base, strategy=strategy)))
-    if scores.iterative_order:
-        options.append(("iterative", replace(base, strategy="iterative")))
     weights = {*SPACING_PROPOSALS, *([c.spacing_weight] if c.spacing_weight else [])}
     for weight in sorted(weights):
         spaced = replace(base, strategy="domain", spacing_weight=weight)
@@ -354,7 +363,7 @@ def run_search(
             stopped = "local optimum"
         if not improved:
             break
-    finalists, chosen = _pick(log, objective, transform, report)
+    finalists, chosen, guard = _pick(c, log, objective, transform, report)
     splits = objective.splits
     return SearchSummary(
         candidates=tuple(log.candidates),
@@ -373,40 +382,102 @@ def run_search(
         direct=objective.fast,
         note=objective.note,
         seconds=round(time.perf_counter() - started, 3),
+        guard=guard,
     )
 
 
 def _pick(
+    c: Constraints,
     log: _Log,
     objective: MeasuredObjective,
     transform: Transform | None,
     report: Report | None,
-) -> tuple[tuple[int, ...], int]:
-    """(finalist indices, winner index): the held-out part decides among the best few and
-    every fixed strategy's proposal; without a held-out part the search part decides."""
+) -> tuple[tuple[int, ...], int, str]:
+    """(finalist indices, winner index, the guard's decision): the held-out part decides among
+    the best few and every fixed strategy's proposal, under the per-domain guard; without a
+    held-out part the search part decides."""
     complete = sorted(
         (i for i, cand in enumerate(log.candidates) if cand.complete),
         key=lambda i: _rank(log.candidates[i]),
     )
     if not objective.has_part("held_out"):
-        return (), complete[0]
-    fixed = [
-        i for i in complete if any(origin in FIXED_ORIGINS for origin in log.candidates[i].origin)
-    ]
+        return (), complete[0], ""
+    baselines = set(strategies_where(baseline=True))
+    fixed = [i for i in complete if baselines & set(log.candidates[i].origin)]
     finalists = tuple(dict.fromkeys([*complete[:FINALISTS], *fixed]))
     for done, index in enumerate(finalists, start=1):
         candidate = log.candidates[index]
         held = objective.evaluate(candidate.removed, "held_out", transform=transform)
-        log.candidates[index] = replace(candidate, held_out=held.value)
+        log.candidates[index] = replace(
+            candidate, held_out=held.value, held_out_domains=dict(held.domains)
+        )
         if report is not None:
             report("held-out", done, len(finalists), log.candidates[index])
+    chosen, regressions, guard = guarded_pick(log.candidates, finalists, fixed, c.weights)
+    for index, domains in regressions.items():
+        log.candidates[index] = replace(log.candidates[index], regresses=domains)
+    return finalists, chosen, guard
+
+
+def guarded_pick(
+    candidates: Sequence[Candidate],
+    finalists: Sequence[int],
+    fixed: Sequence[int],
+    weights: Mapping[str, float] | None,
+) -> tuple[int, dict[int, tuple[str, ...]], str]:
+    """The per-domain no-regression guard over held-out finalists.
+
+    candidates: every measured candidate (finalists carry `held_out` and `held_out_domains`).
+    finalists: indices measured on the held-out part; fixed: those a fixed strategy proposed.
+    weights: domain weights (None = equal); only domains with positive weight are guarded.
+    Returns (winner, finalist -> domains where it is worse than the best fixed strategy's
+    held-out value by more than the tolerance (see GUARD_RELATIVE), the decision in words).
+    The winner is the lowest combined held-out value among finalists that regress no domain
+    and whose combined value is at most the best fixed strategy's (so the guard never trades
+    the combined guarantee away); when none qualifies, the lowest among all finalists.
+    """
 
     def rank(i: int) -> tuple[float, float, tuple[int, ...]]:
-        cand = log.candidates[i]
+        cand = candidates[i]
         assert cand.held_out is not None
         return (cand.held_out, cand.search, cand.removed)
 
-    return finalists, min(finalists, key=rank)
+    best = min(finalists, key=rank)
+    baseline: dict[str, float] = {}
+    for i in fixed:
+        for domain, value in candidates[i].held_out_domains.items():
+            if weights is None or weights.get(domain, 0.0) > 0:
+                baseline[domain] = min(value, baseline.get(domain, math.inf))
+    if not baseline:
+        return best, {}, "no fixed strategy measured per domain; the combined objective decided"
+    limit = {d: v + max(GUARD_RELATIVE * abs(v), GUARD_ABSOLUTE) for d, v in baseline.items()}
+    regressions = {
+        i: tuple(d for d in limit if candidates[i].held_out_domains.get(d, math.inf) > limit[d])
+        for i in finalists
+    }
+    best_fixed = min(
+        (held for i in fixed if (held := candidates[i].held_out) is not None), default=math.inf
+    )
+    keeps = [i for i in finalists if not regressions[i] and rank(i)[0] <= best_fixed]
+    tolerance = f"{GUARD_RELATIVE:.0%} (at least {GUARD_ABSOLUTE:g})"
+    if not keeps:
+        decision = (
+            f"no finalist is within {tolerance} of the best fixed strategy on every domain; "
+            "the combined held-out objective decided"
+        )
+        return best, regressions, decision
+    chosen = min(keeps, key=rank)
+    if chosen == best:
+        decision = (
+            f"the best finalist is within {tolerance} of the best fixed strategy on every domain"
+        )
+        return chosen, regressions, decision
+    decision = (
+        f"the best finalist on the combined objective ({', '.join(candidates[best].origin)}) "
+        f"is worse than the best fixed strategy on {', '.join(regressions[best])} by more "
+        f"than {tolerance}; chose the best finalist that is not"
+    )
+    return chosen, regressions, decision
 
 
 # ---------------------------------------------------------------------- progress

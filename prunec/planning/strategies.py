@@ -1,4 +1,8 @@
-"""Layer-selection strategies (a registry keyed by name) and the `solve` entry point."""
+"""Layer-selection strategies' implementations and the `solve` entry point.
+
+Which strategies exist, and what each needs, is declared in `prunec.plan.strategies` (the
+registry); each declaration names its function here, and `solve` dispatches through it.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prunec.errors import Diagnostic, SourceMap, SpecError
+from prunec.plan.constraints import Constraints, constraint_problems, infeasible
 from prunec.plan.model import Plan
+from prunec.plan.registry import strategies
 from prunec.planning.exact import objective, satisfies, solve_exact
-from prunec.planning.problem import (
-    Constraints,
-    Selection,
-    constraint_problems,
-    infeasible,
-)
+from prunec.planning.problem import Selection
 from prunec.scoring.scores import LayerScores
 
 if TYPE_CHECKING:
     from prunec.planning.search import SearchContext
 
+#: What every declaration's `select` names: constraints and scores (None when none exist)
+#: in, the selection out. Measured strategies run through `prunec.planning.search` instead
+#: when `solve` has a SearchContext.
 Strategy = Callable[[Constraints, LayerScores | None], Selection]
-
-#: name -> strategy. Each takes the constraints and the scores (None when no scores exist).
-#: `auto` is listed too, but runs through `prunec.planning.search` with a SearchContext.
-STRATEGY_REGISTRY: dict[str, Strategy] = {}
-
-#: Strategies that measure candidates on the model: they need `solve(..., context=...)`.
-MEASURED_STRATEGIES = frozenset({"auto"})
-
-
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    def wrap(fn: Strategy) -> Strategy:
-        STRATEGY_REGISTRY[name] = fn
-        return fn
-
-    return wrap
 
 
 def solve(
@@ -85,9 +74,9 @@ def with_spec_source(err: SpecError, plan: Plan) -> SpecError:
 def _solve(
     c: Constraints, layer_scores: LayerScores | None, context: SearchContext | None = None
 ) -> Selection:
-    strategy = STRATEGY_REGISTRY.get(c.strategy)
-    if strategy is None:
-        valid = ", ".join(sorted(STRATEGY_REGISTRY))
+    info = strategies().get(c.strategy)
+    if info is None:
+        valid = ", ".join(sorted(strategies().names()))
         raise SpecError(
             [
                 Diagnostic(
@@ -112,10 +101,11 @@ def _solve(
                 )
             ]
         )
-    if c.strategy in MEASURED_STRATEGIES and context is not None:
+    if info.measured and context is not None:
         from prunec.planning.search import auto_select
 
         return auto_select(c, _needs_scores(c, layer_scores, "calibration scores"), context)
+    strategy: Strategy = info.load()
     return strategy(c, layer_scores)
 
 
@@ -214,14 +204,12 @@ def _selection(
     )
 
 
-@register("domain")
 def domain_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """The paper's domain-aware activation similarity: sum_d w_d (1 - mean cos_d)."""
     s = _needs_scores(c, scores, "calibration scores")
     return _scored(c, _combined(c, s), "domain", c.spacing_weight or 0.0)
 
 
-@register("auto")
 def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """Measured search (`prunec.planning.search`): without the model there is nothing to
     measure, so this entry only explains how to get one."""
@@ -239,7 +227,6 @@ def auto_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     )
 
 
-@register("bi")
 def block_influence_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """ShortGPT Block Influence: 1 - cos with all calibration tokens pooled."""
     s = _needs_scores(c, scores, "calibration scores")
@@ -250,7 +237,6 @@ def block_influence_strategy(c: Constraints, scores: LayerScores | None) -> Sele
     return _scored(c, pooled, "bi", c.spacing_weight or 0.0)
 
 
-@register("last")
 def last_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """Drop the deepest removable layers (the planner still honours every constraint)."""
     n = c.num_layers
@@ -258,7 +244,6 @@ def last_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     return _scored(c, position, "position", 0.0)
 
 
-@register("uniform")
 def uniform_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """Evenly spaced removals over the removable layers (midpoints of k equal slices)."""
     candidates = [i for i in range(c.num_layers) if i not in c.forbidden]
@@ -271,7 +256,6 @@ def uniform_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     return _selection(c, removed, "uniform", 0.0, [0.0] * c.num_layers, 0.0)
 
 
-@register("angular")
 def angular_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """Gromov et al.: the contiguous block [l, l+n) minimising angular(h_l, h_{l+n}), last token."""
     s = _needs_scores(c, scores, "pairwise angular distances from `prunec score`")
@@ -298,7 +282,6 @@ def angular_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     return _selection(c, range(best, best + n), "angular", pairs[best][best + n], per_layer, 0.0)
 
 
-@register("iterative")
 def iterative_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """SLEB-style: layers in the order ablation removed them (computed by `score`)."""
     s = _needs_scores(c, scores, "an ablation order (computed by `score` for this strategy)")
@@ -314,7 +297,6 @@ def iterative_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     return _selection(c, removed, "iterative", 0.0, rank, 0.0)
 
 
-@register("manual")
 def manual_strategy(c: Constraints, scores: LayerScores | None) -> Selection:
     """The spec's explicit `remove` list, checked against the constraints."""
     removed = sorted(set(c.remove or ()))

@@ -47,7 +47,7 @@ def ablation_order(
     procedure would remove for any budget k. Forbidden layers (keep/protect) are never tried.
     """
     from prunec.arch import skip_layers
-    from prunec.planning.problem import Constraints
+    from prunec.plan.constraints import Constraints
 
     constraints = Constraints.from_plan(plan, loaded.num_layers)
     weights = plan.normalized_weights()

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from prunec.errors import Diagnostic, Span, did_you_mean
 from prunec.plan.model import (
     HUB_DATASET_PREFIX,
-    STRATEGIES,
     Budget,
     DataSource,
     DomainSpec,
@@ -29,17 +28,13 @@ from prunec.plan.model import (
     VerifyGate,
     VerifySpec,
 )
-from prunec.plan.registry import target_kinds
+from prunec.plan.registry import strategies, target_kinds
 from prunec.syntax.ast import Item, Setting, SpecFile, Tok
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 METRICS = ("accuracy", "nll")
 TOKEN_SCOPES = ("all", "last")
-#: Strategies that measure candidate sets on the model (the only ones `search` applies to).
-MEASURED_STRATEGIES = ("auto",)
-#: Strategies that score layers on calibration data, so they need at least one domain.
-CALIBRATED_STRATEGIES = ("auto", "domain", "bi", "angular", "iterative")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 #: A `datasets` split expression: `train`, `train[:80%]`, `train+validation`, ...
@@ -544,7 +539,7 @@ class _Lowerer:
         return ok
 
     def _strategy(self, setting: Setting, values: dict[str, Any]) -> bool:
-        value = self.choice("E210", setting.args[0], "strategy", STRATEGIES)
+        value = self.choice("E210", setting.args[0], "strategy", strategies().names())
         values["strategy"] = value
         return value is not None
 
@@ -607,14 +602,7 @@ class _Lowerer:
                 settings["strategy"].args[0].span,
                 help="list the layers to remove, e.g. `remove 3, 4, 9`",
             )
-        if "search" in settings and strategy not in MEASURED_STRATEGIES:
-            self.error(
-                "E232",
-                f"`search` sets how many candidates `auto` measures; strategy `{strategy}` "
-                "measures none",
-                settings["search"].key.span,
-                help="drop the `search` line, or use `strategy auto`",
-            )
+        self.check_strategy_options(settings, strategy)
         if "budget" not in settings and "remove" not in settings:
             self.error(
                 "E223",
@@ -622,7 +610,8 @@ class _Lowerer:
                 item.keyword.span,
                 help="add `budget 25%` or `budget 8 layers`",
             )
-        if strategy in CALIBRATED_STRATEGIES and not self.declares_domains():
+        info = strategies().get(strategy)
+        if info is not None and info.scores and not self.declares_domains():
             span = settings["strategy"].args[0].span if strategy_set else item.keyword.span
             implicit = "" if strategy_set else " (the default)"
             self.error(
@@ -633,6 +622,27 @@ class _Lowerer:
                 help="add a `domain NAME { data ... }` block, or use `last` or `uniform`",
             )
         return len(self.diags) == before
+
+    def check_strategy_options(self, settings: dict[str, Setting], strategy: str) -> None:
+        """E232 for a setting that is another strategy's option but not this one's."""
+        declared = strategies().all()
+        chosen = declared.get(strategy)
+        if chosen is None:
+            return  # E210 already
+        for name, setting in settings.items():
+            owners = [s.name for s in declared.values() if name in s.Options.model_fields]
+            if not owners or name in chosen.Options.model_fields:
+                continue
+            field = declared[owners[0]].Options.model_fields[name]
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            self.error(
+                "E232",
+                f"`{name}` sets {field.description}; strategy `{strategy}` "
+                f"{extra.get('without', 'does not read it')}",
+                setting.key.span,
+                help=f"drop the `{name}` line, or use "
+                + " or ".join(f"`strategy {owner}`" for owner in owners),
+            )
 
     def declares_domains(self) -> bool:
         return any(item.rule == "domain" for item in self.spec.items)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prunec.errors import Diagnostic, Span, SpecError
+from prunec.plan.constraints import Constraints, constraint_problems
 from prunec.plan.model import DataSource, Plan
 from prunec.syntax.lower import is_dir, is_file
 
@@ -17,12 +18,10 @@ def validate_against_model(plan: Plan, num_layers: int) -> list[Diagnostic]:
 
     Budget too large, out-of-range `remove`/`protect` indices, removed layers the spec also
     keeps, too few removable layers, and spacing limits that cannot be met: the planner's
-    constraint rules (`prunec.planning.problem.constraint_problems`, their one home), plus a
+    constraint rules (`prunec.plan.constraints.constraint_problems`, their one home), plus a
     percentage budget that disagrees with an explicit `remove` list. Each diagnostic points at
     the offending span recorded in `plan.spans`.
     """
-    from prunec.planning.problem import Constraints, constraint_problems
-
     out = _percent_vs_remove(plan, num_layers)
     try:
         constraints = Constraints.from_plan(plan, num_layers)

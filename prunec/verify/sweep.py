@@ -17,9 +17,6 @@ from prunec.verify.evaluate import DomainEval, evaluate_records, retention, summ
 if TYPE_CHECKING:
     from prunec.data import Record
 
-#: Strategies a sweep compares when none are named (`iterative` is costly: opt in).
-DEFAULT_STRATEGIES: tuple[str, ...] = ("domain", "bi", "angular", "uniform", "last", "auto")
-
 
 @dataclass(frozen=True)
 class SweepRow:
@@ -139,7 +136,7 @@ def run_sweep(
     scores: Any,
     *,
     budgets: Sequence[int],
-    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    strategies: Sequence[str] | None = None,
     samples: int | None = None,
     progress: Progress | None = None,
     cache_dir: Path | None = None,
@@ -150,6 +147,8 @@ def run_sweep(
     loaded: a `LoadedModel`; scores: the plan's `LayerScores` (one calibration for all points).
     The spec's constraints (keep, protect, spacing) apply to every strategy; a budget they make
     infeasible is recorded as an error row, not raised. Identical selections are evaluated once.
+    strategies: None = `prunec.plan.strategies.sweep_strategies()` (every strategy that
+    chooses layers and needs no extra scoring pass).
     progress(stage, done, total) is called as points finish. `auto` measures its candidates
     on the spec's calibration data (prepared once for all budgets; results cached in
     `cache_dir`, as in `build`). slice_by: also report accuracy
@@ -157,8 +156,12 @@ def run_sweep(
     """
     from prunec.arch import skip_layers
     from prunec.data import read_evaluation
+    from prunec.plan.strategies import sweep_strategies
     from prunec.planning import Constraints, regime_for, solve
     from prunec.planning.search import SearchContext
+
+    if strategies is None:
+        strategies = sweep_strategies()
 
     limit = samples if samples else plan.verify.samples
     records = {
