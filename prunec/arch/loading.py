@@ -92,7 +92,8 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _load_config(spec: ModelSpec, local_only: bool) -> Any:
+def load_config(spec: ModelSpec, local_only: bool) -> Any:
+    """The model's transformers config; BuildError naming the file or hub id on failure."""
     from transformers import AutoConfig
 
     if spec.local:
@@ -206,11 +207,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     import torch
 
     from prunec.arch.locate import locate_decoder
+    from prunec.distributed import placed_device
     from prunec.progress import progress
 
+    spec = spec.model_copy(update={"device": placed_device(spec.device)})  # cuda: own GPU
     local_only = not spec.local and not hub_reachable()
     with progress(f"loading {spec.source}") as bar:
-        config = _load_config(spec, local_only)
+        config = load_config(spec, local_only)
         source_dir = _source_dir(spec)
         stored = storage_dtype(source_dir) if source_dir is not None else None
         stored = stored or _config_dtype(config) or "float32"

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunec.distributed import agreed, is_worker
 from prunec.errors import SpecError
 from prunec.planning.exact import satisfies
 from prunec.planning.problem import (
@@ -146,6 +147,7 @@ def auto_select(c: Constraints, scores: LayerScores, context: SearchContext) -> 
     importance = _combined_importance(c, scores)
     key = context.key(c, scores)
     cached = context.cache.get_json("search", key) if key is not None else None
+    cached = agreed(cached, "the search cache")  # every process searches, or none
     summary = None
     if cached is not None:
         try:
@@ -158,7 +160,7 @@ def auto_select(c: Constraints, scores: LayerScores, context: SearchContext) -> 
             summary = run_search(
                 c, scores, objective, transform=context.transform, report=progress.report
             )
-        if key is not None:
+        if key is not None and not is_worker():
             context.cache.put_json("search", key, summary.to_json())
     chosen = summary.selected
     removed = chosen.removed
@@ -417,7 +419,7 @@ class SearchProgress:
     otherwise plain lines (each phase, each new best, the end). Silent when disabled."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled = enabled and not is_worker()  # rank 0 speaks for a distributed launch
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._console: Any = None
