@@ -1,9 +1,11 @@
-"""Data-parallel builds: two real processes on the gloo backend (CPU), launched by torchrun.
+"""Scaling out and up: data-parallel builds over torch.distributed, and `device auto` offload.
 
-`python -m torch.distributed.run --nproc_per_node 2 -m prunec build SPEC` must give the scores
-and the measured search of one process (same candidates, same values within float
-tolerance), written once, by rank 0; a failure on one rank must stop both with a message
-naming it.
+`python -m torch.distributed.run --nproc_per_node 2 -m prunec build SPEC` (two real processes
+on the gloo backend, CPU) must give the scores and the measured search of one process (same
+candidates, same values within float tolerance), written once, by rank 0; a failure on one
+rank must stop both with a message naming it. A model that does not fit the memory it is
+given (`device auto`, `$PRUNEC_MAX_MEMORY`) runs with part of its layers on disk and scores
+and measures as if held whole.
 """
 
 from __future__ import annotations
@@ -156,3 +158,45 @@ def test_a_failure_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     assert "sum on rank 0: [3.0, 1.0]" in out and "sum on rank 1: [3.0, 1.0]" in out, out
     assert "error on rank 1: the batch at calib.jsonl:3 is broken" in out, out
     assert "error on rank 0: scoring failed on rank 1 of 2" in out, out
+
+
+def test_device_auto_offloads_to_disk_and_measures_the_same(
+    spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunec.arch.loading import load_model
+    from prunec.planning import MeasuredObjective
+    from prunec.scoring import score
+    from prunec.syntax import load_spec
+
+    plan = load_spec(spec)
+    size = sum(p.stat().st_size for p in Path(plan.model.source).glob("*.safetensors"))
+    held = load_model(plan.model)
+    offloaded_plan = plan.model_copy(
+        update={"model": plan.model.model_copy(update={"device": "auto"})}
+    )
+    monkeypatch.setenv("PRUNEC_OFFLOAD_DIR", str(tmp_path))
+    monkeypatch.setenv("PRUNEC_MAX_MEMORY", f"cpu={size // 2000}KB")  # half the weights
+    offloaded = load_model(offloaded_plan.model)
+    placement = offloaded.model.hf_device_map
+    assert "cpu" in placement.values() and "disk" in placement.values(), placement
+
+    want = score(plan, held, cache_dir=tmp_path / "held")
+    got = score(offloaded_plan, offloaded, cache_dir=tmp_path / "offloaded")
+    for name, stats in want.domains.items():
+        assert got.domains[name].cos_all == pytest.approx(stats.cos_all, rel=1e-5)
+        assert got.domains[name].angular_last == pytest.approx(stats.angular_last, rel=1e-5)
+    for removed in [(), (2,), (1, 3)]:
+        a = MeasuredObjective.from_plan(plan, held).evaluate(removed)
+        b = MeasuredObjective.from_plan(offloaded_plan, offloaded).evaluate(removed)
+        assert b.value == pytest.approx(a.value, rel=1e-5, abs=1e-7), removed
+
+
+def test_max_memory_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunec.arch.loading import max_memory
+    from prunec.errors import BuildError
+
+    monkeypatch.setenv("PRUNEC_MAX_MEMORY", "0=20GiB, cpu=64GiB")
+    assert max_memory() == {0: "20GiB", "cpu": "64GiB"}
+    monkeypatch.setenv("PRUNEC_MAX_MEMORY", "gpu0=20GiB")
+    with pytest.raises(BuildError, match="not DEVICE=SIZE"):
+        max_memory()

@@ -687,7 +687,9 @@ class MeasuredObjective:
         assert norm is not None and head is not None
         rows, cols = batch.rows.to(hidden.device), batch.cols.to(hidden.device)
         picked = norm(hidden[rows, cols])
-        logits = head(picked.to(head.weight.device)).float()
+        if head.weight.device.type != "meta":  # on meta it is offloaded: its hook moves inputs
+            picked = picked.to(head.weight.device)
+        logits = head(picked).float()
         for config in (self.stack.text_config, self.model.config):
             cap = getattr(config, "final_logit_softcapping", None)
             if cap:
