@@ -111,10 +111,11 @@ def progress(description: str, total: float | None = None, unit: str = "") -> It
         return
     stop = threading.Event()
     printed = threading.Event()
+    stream = sys.stderr  # the stage's own stderr, even while a library's output is captured
 
     def tick() -> None:
         while not stop.wait(interval_seconds()):
-            _write(state.line())
+            _write(state.line(), stream)
             printed.set()
 
     ticker = threading.Thread(target=tick, name="prunec-progress", daemon=True)
@@ -125,11 +126,11 @@ def progress(description: str, total: float | None = None, unit: str = "") -> It
         stop.set()
         ticker.join()
         if printed.is_set():
-            _write(state.line() + " (done)")
+            _write(state.line() + " (done)", stream)
 
 
-def _write(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+def _write(text: str, stream: Any) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=stream, flush=True)
 
 
 @contextmanager

@@ -87,6 +87,7 @@ def test_two_processes_score_and_search_like_one(spec: Path, tmp_path: Path) -> 
     # Rank 0 alone reports and publishes; it says the work was shared.
     assert run.stderr.count("over 2 processes") == 1, run.stderr
     assert run.stderr.count("selected layers to remove") == 1
+    assert run.stderr.count("built 5 -> 4 decoder layers") == 1
     assert (tmp_path / "out" / "hf" / "config.json").is_file()
     lock = read_lock(lock_path_for(load_spec(spec)))
 

@@ -416,7 +416,8 @@ def _pick(
 
 class SearchProgress:
     """The search's progress on stderr: on a terminal a rich bar with the best set so far;
-    otherwise plain lines (each phase, each new best, the end). Silent when disabled."""
+    otherwise plain lines (each phase, each new best, the end) and, for a long phase, a
+    timestamped status line at `prunec.progress`'s interval. Silent when disabled."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and not is_worker()  # rank 0 speaks for a distributed launch
@@ -425,6 +426,8 @@ class SearchProgress:
         self._console: Any = None
         self._best: tuple[int, ...] | None = None
         self._stage = ""
+        self._ticking: Any = None
+        self._status: Any = None
 
     def __enter__(self) -> SearchProgress:
         if not self.enabled:
@@ -450,9 +453,17 @@ class SearchProgress:
                 console=self._console,
             )
             self._progress.start()
+        else:
+            from prunec.progress import progress
+
+            self._ticking = progress("search")
+            self._status = self._ticking.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._ticking is not None:
+            self._ticking.__exit__(None, None, None)
+            self._ticking = self._status = None
         if self._progress is not None:
             self._progress.stop()
 
@@ -462,12 +473,15 @@ class SearchProgress:
         text = f"best {best.search:.4f} (remove {' '.join(map(str, best.removed))})" if best else ""
         if stage == "held-out" and best is not None:
             text = f"{' '.join(map(str, best.removed))}: held-out {best.held_out:.4f}"
+        description = {
+            "prepare": "measuring: unpruned model",
+            "search": "measuring: candidates",
+            "held-out": "measuring: finalists (held-out)",
+        }[stage]
+        if self._status is not None:
+            self._status.description, self._status.total = f"search, {description}", total
+            self._status.update(completed=done, note=text)
         if self._progress is not None:
-            description = {
-                "prepare": "measuring: unpruned model",
-                "search": "measuring: candidates",
-                "held-out": "measuring: finalists (held-out)",
-            }[stage]
             if stage not in self._tasks:
                 self._tasks[stage] = self._progress.add_task(description, total=total, best="")
             self._progress.update(self._tasks[stage], completed=done, total=total, best=text)

@@ -206,8 +206,13 @@ def evaluate_records(
     results: list[RecordEval] = []
     was_training = model.training
     model.eval()
+    from prunec.progress import progress
+
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            progress("evaluating", total=len(records), unit="records") as bar,
+        ):
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
                 key = ("batch", max_length, tuple(chunk))
@@ -226,6 +231,7 @@ def evaluate_records(
                     text = tokenizer.decode(out, skip_special_tokens=True)
                     correct = normalize_answer(text) == normalize_answer(rec.answer or "")
                     results.append(RecordEval(correct, float(sums[row]), int(counts[row])))
+                bar.advance(len(chunk))
     finally:
         model.train(was_training)
     return results
