@@ -49,7 +49,7 @@ def _interrupted(err: BaseException) -> None:
 
 
 def _fail(err: PrunecError) -> None:
-    click.echo(err.render(), err=True)
+    click.echo(_rank_prefix() + err.render(), err=True)
     if _State.debug:
         traceback.print_exception(err)
     raise SystemExit(int(err.exit_code))
@@ -93,9 +93,29 @@ def cli(debug: bool) -> None:
     _State.debug = debug
 
 
+def _distributed() -> bool:
+    """Launched as one of several processes (torchrun / accelerate launch)?"""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def _rank_prefix() -> str:
+    """`[rank R/N] ` before error text in a distributed launch, where every process prints."""
+    if not _distributed():
+        return ""
+    return f"[rank {os.environ.get('RANK', '?')}/{os.environ.get('WORLD_SIZE')}] "
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: runs the CLI and maps every failure to a named exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if _distributed():
+        from prunec.distributed import is_worker, shutdown
+
+        if is_worker():  # rank 0 prints the results; the others only report their errors
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        import atexit
+
+        atexit.register(shutdown)
     try:
         rc = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except PrunecError as err:
@@ -112,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as ex:  # a bug: say so plainly, traceback only on request
         if _State.debug:
             raise
-        click.echo(f"internal error: {type(ex).__name__}: {ex}", err=True)
+        click.echo(f"{_rank_prefix()}internal error: {type(ex).__name__}: {ex}", err=True)
         click.echo("this is a bug in prunec; rerun with --debug for the traceback", err=True)
         raise SystemExit(int(ExitCode.INTERNAL)) from None
     raise SystemExit(int(rc) if isinstance(rc, int) else 0)

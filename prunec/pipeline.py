@@ -19,6 +19,11 @@ A manual `remove` list with only HF targets and no gates needs no weights in thi
 such builds (`can_stream`) copy the kept tensors shard by shard from the local safetensors
 checkpoint (a local folder or a hub cache snapshot) and self-check in a child process, so
 memory stays flat in the model's size.
+
+Launched as several processes (torchrun / accelerate launch, `prunec.distributed`), every
+process loads the model, scores and searches on its shard of the calibration data; once the
+layers to remove are known the processes meet at a barrier and all but rank 0 stop. Rank 0
+alone holds the target locks, prints, verifies, emits and writes the lockfile.
 """
 
 from __future__ import annotations
@@ -445,6 +450,23 @@ def _build_streaming(
     )
 
 
+def _worker_result(plan: Plan, num_layers: int | None, started: float) -> BuildResult:
+    """What a worker process of a distributed launch returns for a build it has no share in
+    (a manual `remove` list): the selection, nothing published."""
+    from prunec.plan.model_info import read_layer_count
+    from prunec.planning import solve
+
+    count = num_layers if num_layers is not None else read_layer_count(plan.model)
+    if count is None:  # a hub id: its config (from the hub or its cache), no weights
+        from prunec.arch.loading import hub_reachable, load_config
+        from prunec.plan.model_info import layer_count
+
+        local_only = not plan.model.local and not hub_reachable()
+        count = layer_count(load_config(plan.model, local_only).to_dict()) or 0
+    selection = solve(plan, {}, count)
+    return BuildResult(plan, count, selection, None, (), None, None, time.perf_counter() - started)
+
+
 def _emit_timings(results: Sequence[TargetResult]) -> dict[str, float]:
     timings: dict[str, float] = {}
     for result in results:
@@ -466,18 +488,25 @@ def build(
 
     force: allow a target to replace a directory that prunec did not write.
     """
+    from prunec.distributed import is_worker, world_size
     from prunec.syntax import load_spec
 
     started = time.perf_counter()
     quiet_transformers()
     plan = spec if isinstance(spec, Plan) else load_spec(spec)
     preflight(plan, force=force)
-    with hold_targets(plan.targets, reporter):
+    worker = is_worker()  # computes its share with rank 0, then stops: no locks, no output
+    reporter = None if worker else reporter
+    if world_size() > 1:
+        _say(reporter, f"data-parallel over {world_size()} processes (rank 0 publishes)")
+    with ExitStack() if worker else hold_targets(plan.targets, reporter):
         num_layers = None
         if can_stream(plan):
             from prunec.plan.model_info import read_layer_count
 
             num_layers = read_layer_count(plan.model)
+        if worker and plan.prune.remove is not None:  # no calibration pass to share
+            return _worker_result(plan, num_layers, started)
         if num_layers is not None:
             return _build_streaming(
                 plan,
@@ -553,6 +582,11 @@ def _build_in_memory(
     if context is not None:
         context.close()  # the search's cached hidden states are not needed any more
         timings["search"] = time.perf_counter() - tick
+    from prunec.distributed import finish
+
+    if plan.prune.remove is None and finish():  # a worker process: its share is done
+        seconds = time.perf_counter() - started
+        return BuildResult(plan, loaded.num_layers, selection, scores, (), None, None, seconds)
     _say(reporter, f"selected layers to remove: {list(selection.removed)} ({selection.regime})")
     if selection.search is not None:
         from prunec.report import search_line

@@ -8,7 +8,8 @@ On a terminal the bar redraws itself (elapsed time even without a total) and van
 the stage ends. When stderr is not a terminal (CI logs, Slurm, `2> file`) a background thread
 writes one plain line every `interval` seconds (default 10, `$PRUNEC_PROGRESS_INTERVAL`) while
 the stage runs, and a closing line if it wrote any: stages shorter than the interval stay
-silent, long ones are never silent for long. No torch import; any stage can use it.
+silent, long ones are never silent for long. Worker processes of a distributed launch (rank >
+0) show nothing. No torch import; any stage can use it.
 """
 
 from __future__ import annotations
@@ -98,17 +99,23 @@ def progress(description: str, total: float | None = None, unit: str = "") -> It
     total: the amount of work (None: unknown, only elapsed time is shown). unit: "bytes"
     formats amounts as kB/MB/GB; any other text is appended to plain numbers.
     """
+    from prunec.distributed import is_worker
+
     state = Progress(description, total, unit)
+    if is_worker():  # one process of a distributed launch reports: rank 0
+        yield state
+        return
     if _stderr_is_terminal():
         with _rich_bar(state):
             yield state
         return
     stop = threading.Event()
     printed = threading.Event()
+    stream = sys.stderr  # the stage's own stderr, even while a library's output is captured
 
     def tick() -> None:
         while not stop.wait(interval_seconds()):
-            _write(state.line())
+            _write(state.line(), stream)
             printed.set()
 
     ticker = threading.Thread(target=tick, name="prunec-progress", daemon=True)
@@ -119,11 +126,11 @@ def progress(description: str, total: float | None = None, unit: str = "") -> It
         stop.set()
         ticker.join()
         if printed.is_set():
-            _write(state.line() + " (done)")
+            _write(state.line() + " (done)", stream)
 
 
-def _write(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+def _write(text: str, stream: Any) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=stream, flush=True)
 
 
 @contextmanager

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +96,8 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _load_config(spec: ModelSpec, local_only: bool) -> Any:
+def load_config(spec: ModelSpec, local_only: bool) -> Any:
+    """The model's transformers config; BuildError naming the file or hub id on failure."""
     from transformers import AutoConfig
 
     if spec.local:
@@ -140,13 +145,26 @@ def _load_weights(spec: ModelSpec, config: Any, local_only: bool, load_dtype: st
         "dtype": getattr(torch, load_dtype),
         "local_files_only": local_only,
     }
+    offload = None
     if spec.device == "auto":
-        kwargs["device_map"] = "auto"  # accelerate spreads layers over the devices present
+        # accelerate spreads layers over the GPUs, then CPU memory, then disk: weights that
+        # fit nowhere stay in the checkpoint's safetensors files (or, converted, in a
+        # temporary folder under $PRUNEC_OFFLOAD_DIR) and are read in layer by layer during
+        # each forward.
+        parent = os.environ.get("PRUNEC_OFFLOAD_DIR") or None
+        offload = Path(tempfile.mkdtemp(prefix="prunec-offload-", dir=parent))
+        kwargs["device_map"] = "auto"
+        kwargs["offload_folder"] = str(offload)
+        budget = max_memory()
+        if budget:
+            kwargs["max_memory"] = budget
     if spec.local:
         verify_checkpoint(Path(spec.source))  # truncated or corrupt shards, named precisely
     try:
         model = auto.from_pretrained(spec.source, config=config, **kwargs)
     except Exception as exc:  # broken weight files reach us as many exception types
+        if offload is not None:
+            shutil.rmtree(offload, ignore_errors=True)
         reason = _one_line(exc)
         if "mismatch" in reason.lower():
             reason = "tensor shapes in the checkpoint do not match its config.json"
@@ -154,12 +172,35 @@ def _load_weights(spec: ModelSpec, config: Any, local_only: bool, load_dtype: st
             f"cannot load `{spec.source}` as {auto.__name__} "
             f"(model type `{config.model_type}`): {reason}"
         ) from exc
+    if offload is not None and any(offload.iterdir()):
+        weakref.finalize(model, shutil.rmtree, offload, True)  # goes with the model it serves
+    elif offload is not None:
+        offload.rmdir()
     if spec.device not in ("auto", "cpu"):
         try:
             model = model.to(spec.device)  # type: ignore[arg-type]
         except (RuntimeError, AssertionError) as exc:
             raise BuildError(f"cannot move the model to `{spec.device}`: {_one_line(exc)}") from exc
     return model.eval()
+
+
+def max_memory() -> dict[int | str, str] | None:
+    """accelerate's `max_memory` for `device auto`, from `$PRUNEC_MAX_MEMORY`
+    ("0=20GiB,1=20GiB,cpu=64GiB": GPU index or `cpu`/`mps` = a size accelerate reads); None
+    when unset (accelerate then uses what the devices have free)."""
+    text = os.environ.get("PRUNEC_MAX_MEMORY", "").strip()
+    if not text:
+        return None
+    budget: dict[int | str, str] = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value or not (key.isdigit() or key in ("cpu", "mps")):
+            raise BuildError(
+                f"$PRUNEC_MAX_MEMORY: `{item.strip()}` is not DEVICE=SIZE (DEVICE a GPU index, "
+                "`cpu` or `mps`; SIZE like 20GiB), e.g. PRUNEC_MAX_MEMORY=0=20GiB,cpu=64GiB"
+            )
+        budget[int(key) if key.isdigit() else key] = value
+    return budget
 
 
 def load_processor(
@@ -206,11 +247,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     import torch
 
     from prunec.arch.locate import locate_decoder
+    from prunec.distributed import placed_device
     from prunec.progress import progress
 
+    spec = spec.model_copy(update={"device": placed_device(spec.device)})  # cuda: own GPU
     local_only = not spec.local and not hub_reachable()
     with progress(f"loading {spec.source}") as bar:
-        config = _load_config(spec, local_only)
+        config = load_config(spec, local_only)
         source_dir = _source_dir(spec)
         stored = storage_dtype(source_dir) if source_dir is not None else None
         stored = stored or _config_dtype(config) or "float32"

@@ -35,4 +35,7 @@ def command(spec: Path, locked: bool, no_lock: bool, force: bool, cache_dir: Pat
         force=force,
         reporter=lambda message: console.print(f"[dim]·[/dim] {message}"),
     )
-    render_build(result, console)
+    from prunec.distributed import is_worker
+
+    if not is_worker():  # one report per distributed launch: rank 0's
+        render_build(result, console)

@@ -27,7 +27,11 @@ def command(spec: Path, output: Path | None, cache_dir: Path | None) -> None:
 
     plan = load_spec(spec)
     scores = score(plan, None, cache_dir=cache_dir)
+    from prunec.distributed import is_worker
+
     text = json.dumps(scores.to_json(), sort_keys=True, indent=2) + "\n"
+    if is_worker():  # rank 0 of a distributed launch writes the one result
+        return
     if output is None:
         click.echo(text, nl=False)
         return

@@ -38,6 +38,13 @@ under `prunec.arch.skip_layers` instead: slower, same numbers.
 
 A `Transform` (for example a healing correction fitted per removal set) is applied around an
 evaluation as a context manager; boundaries at or below the first layer it changes are reused.
+
+Launched as several processes (torchrun, `prunec.distributed`), every process encodes every
+batch (cheap, and the token counts are then known everywhere) but keeps and runs only its
+shard of each part's batches. An evaluation runs in rounds of one batch per process, and one
+all-reduce per round hands every process the round's per-batch losses; each process then adds
+them in the single-process order and stops at a `bound` where one process would: the same
+values, complete or not at the same batch, the same search on every process.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from prunec import distributed
 from prunec.data import Record, encode
 from prunec.errors import BuildError
 
@@ -212,6 +220,12 @@ class MeasuredObjective:
             raise BuildError("measuring needs a positive weight on at least one domain")
         self._image_ids = _image_ids(processor)
         self._encode(records, names, batch_size, max_length)
+        #: batches of each part over every process; self._batches holds this process's share
+        self._counts = {part: len(batches) for part, batches in self._batches.items()}
+        self._domain_order = {p: [b.domain for b in bs] for p, bs in self._batches.items()}
+        self._group = distributed.group()
+        if self._group is not None:
+            self._batches = {p: self._group.shard(b) for p, b in self._batches.items()}
         self._best: dict[Part, tuple[float, tuple[int, ...]] | None] = {
             "search": None,
             "held_out": None,
@@ -345,6 +359,15 @@ class MeasuredObjective:
     def _setup(self, on_batch: Callable[[int, int], None] | None) -> None:
         """One forward of the unpruned model per batch: boundary states, layer arguments,
         the original's targets (top-k for KL), and a check of the direct layer loop."""
+        if self._group is not None:
+            self._group.run_and_sum("the unpruned pass", 0, lambda: self._unpruned_pass(on_batch))
+        else:
+            self._unpruned_pass(on_batch)
+        for part in ("search", "held_out"):
+            if self.has_part(part):
+                self._unpruned[part] = self.evaluate((), part)
+
+    def _unpruned_pass(self, on_batch: Callable[[int, int], None] | None) -> list[float]:
         started = time.perf_counter()
         layers = list(self.stack.layers)
         every = [*self._batches["search"], *self._batches["held_out"]]
@@ -365,9 +388,7 @@ class MeasuredObjective:
                 if on_batch is not None:
                     on_batch(index + 1, len(every))
         self.counters.seconds += time.perf_counter() - started
-        for part in ("search", "held_out"):
-            if self._batches[part]:
-                self._unpruned[part] = self.evaluate((), part)
+        return []
 
     def _record(
         self, batch: _Batch, layers: list[nn.Module], model_logits: bool
@@ -468,12 +489,13 @@ class MeasuredObjective:
         return tuple(d for d in self.splits if self._tokens[part].get(d))
 
     def has_part(self, part: Part) -> bool:
-        return bool(self._batches[part])
+        return bool(self._counts[part])
 
     def batch_count(self, part: Part | None = None) -> int:
-        """Calibration batches in `part` (None: both parts, i.e. one full pass)."""
+        """Calibration batches in `part` (None: both parts, i.e. one full pass), over every
+        process of a distributed launch."""
         parts: tuple[Part, ...] = (part,) if part is not None else ("search", "held_out")
-        return sum(len(self._batches[p]) for p in parts)
+        return sum(self._counts[p] for p in parts)
 
     @property
     def cached_boundaries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -497,8 +519,7 @@ class MeasuredObjective:
         from prunec.arch import skip_layers, validate_remove
 
         chosen = tuple(validate_remove(list(removed), self.num_layers))
-        batches = self._batches[part]
-        if not batches:
+        if not self._counts[part]:
             raise BuildError(f"the {part.replace('_', '-')} part of the calibration data is empty")
         started = time.perf_counter()
         weights = self._part_weights(part)
@@ -513,25 +534,30 @@ class MeasuredObjective:
         value = 0.0
         was_training = self.model.training
         self.model.eval()
+
+        def one(batch: _Batch) -> float:
+            states: dict[int, torch.Tensor] | None = {} if keep_trail else None
+            loss = self._batch_loss(batch, chosen, limit, states, part)
+            if states is not None:
+                trail.append(states)
+            return loss
+
         try:
             with ExitStack() as stack, torch.inference_mode():
                 if transform is not None:
                     stack.enter_context(transform.apply(self.model, chosen))
                 if not self.fast and chosen:
                     stack.enter_context(skip_layers(self.model, chosen))
-                for batch in batches:
-                    states: dict[int, torch.Tensor] | None = {} if keep_trail else None
-                    sums[batch.domain] += self._batch_loss(batch, chosen, limit, states, part)
-                    if states is not None:
-                        trail.append(states)
+                for domain, loss in self._losses(part, one):
+                    sums[domain] += loss
                     done += 1
                     value = sum(w * sums[d] / self._tokens[part][d] for d, w in weights.items())
-                    if bound is not None and value > bound and done < len(batches):
+                    if bound is not None and value > bound and done < self._counts[part]:
                         break
         finally:
             self.model.train(was_training)
             self.counters.seconds += time.perf_counter() - started
-        complete = done == len(batches)
+        complete = done == self._counts[part]
         if complete and keep_trail:
             self._adopt_trail(part, value, chosen, trail)
         return Measurement(
@@ -543,6 +569,33 @@ class MeasuredObjective:
             batches=done,
             transform=transform.key if transform is not None else "",
         )
+
+    def _losses(self, part: Part, one: Callable[[_Batch], float]) -> Iterator[tuple[str, float]]:
+        """(domain, summed loss) of each batch of `part` in order, computed by `one`; lazily,
+        so an evaluation stopped at a bound computes no further batch.
+
+        In a distributed launch each process computes its own batches, one per process per
+        round, and one all-reduce per round gives every process the round's losses: every
+        process then adds the same numbers in the same order as a single process would, and
+        stops at the same batch.
+        """
+        if self._group is None:
+            for batch in self._batches[part]:
+                yield batch.domain, one(batch)
+            return
+        group, domains = self._group, self._domain_order[part]
+        mine = iter(self._batches[part])
+        for start in range(0, len(domains), group.size):
+
+            def compute(start: int = start) -> list[float]:
+                out = [0.0] * group.size
+                if start + group.rank < len(domains):
+                    out[group.rank] = one(next(mine))
+                return out
+
+            losses = group.run_and_sum("a measurement", group.size, compute)
+            for i, domain in enumerate(domains[start : start + group.size]):
+                yield domain, float(losses[i])
 
     def _part_weights(self, part: Part) -> dict[str, float]:
         present = {d: w for d, w in self._weights.items() if self._tokens[part].get(d)}
@@ -634,7 +687,9 @@ class MeasuredObjective:
         assert norm is not None and head is not None
         rows, cols = batch.rows.to(hidden.device), batch.cols.to(hidden.device)
         picked = norm(hidden[rows, cols])
-        logits = head(picked.to(head.weight.device)).float()
+        if head.weight.device.type != "meta":  # on meta it is offloaded: its hook moves inputs
+            picked = picked.to(head.weight.device)
+        logits = head(picked).float()
         for config in (self.stack.text_config, self.model.config):
             cap = getattr(config, "final_logit_softcapping", None)
             if cap:

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunec.distributed import agreed, is_worker
 from prunec.errors import SpecError
 from prunec.plan.constraints import Constraints
 from prunec.plan.registry import strategies
@@ -155,6 +156,7 @@ def auto_select(c: Constraints, scores: LayerScores, context: SearchContext) -> 
     importance = _combined_importance(c, scores)
     key = context.key(c, scores)
     cached = context.cache.get_json("search", key) if key is not None else None
+    cached = agreed(cached, "the search cache")  # every process searches, or none
     summary = None
     if cached is not None:
         try:
@@ -167,7 +169,7 @@ def auto_select(c: Constraints, scores: LayerScores, context: SearchContext) -> 
             summary = run_search(
                 c, scores, objective, transform=context.transform, report=progress.report
             )
-        if key is not None:
+        if key is not None and not is_worker():
             context.cache.put_json("search", key, summary.to_json())
     chosen = summary.selected
     removed = chosen.removed
@@ -485,15 +487,18 @@ def guarded_pick(
 
 class SearchProgress:
     """The search's progress on stderr: on a terminal a rich bar with the best set so far;
-    otherwise plain lines (each phase, each new best, the end). Silent when disabled."""
+    otherwise plain lines (each phase, each new best, the end) and, for a long phase, a
+    timestamped status line at `prunec.progress`'s interval. Silent when disabled."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled = enabled and not is_worker()  # rank 0 speaks for a distributed launch
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._console: Any = None
         self._best: tuple[int, ...] | None = None
         self._stage = ""
+        self._ticking: Any = None
+        self._status: Any = None
 
     def __enter__(self) -> SearchProgress:
         if not self.enabled:
@@ -519,9 +524,17 @@ class SearchProgress:
                 console=self._console,
             )
             self._progress.start()
+        else:
+            from prunec.progress import progress
+
+            self._ticking = progress("search")
+            self._status = self._ticking.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._ticking is not None:
+            self._ticking.__exit__(None, None, None)
+            self._ticking = self._status = None
         if self._progress is not None:
             self._progress.stop()
 
@@ -531,12 +544,15 @@ class SearchProgress:
         text = f"best {best.search:.4f} (remove {' '.join(map(str, best.removed))})" if best else ""
         if stage == "held-out" and best is not None:
             text = f"{' '.join(map(str, best.removed))}: held-out {best.held_out:.4f}"
+        description = {
+            "prepare": "measuring: unpruned model",
+            "search": "measuring: candidates",
+            "held-out": "measuring: finalists (held-out)",
+        }[stage]
+        if self._status is not None:
+            self._status.description, self._status.total = f"search, {description}", total
+            self._status.update(completed=done, note=text)
         if self._progress is not None:
-            description = {
-                "prepare": "measuring: unpruned model",
-                "search": "measuring: candidates",
-                "held-out": "measuring: finalists (held-out)",
-            }[stage]
             if stage not in self._tasks:
                 self._tasks[stage] = self._progress.add_task(description, total=total, best="")
             self._progress.update(self._tasks[stage], completed=done, total=total, best=text)

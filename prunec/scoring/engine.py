@@ -8,12 +8,13 @@ distances Gromov et al.'s block strategy needs for any block size. Nothing survi
 but per-layer scalars and one (L+1)x(L+1) matrix per domain, so memory is flat in the number
 of samples. Per-batch statistics are reduced on each layer's own device in float32 and moved to
 CPU float64 totals, so layers spread over devices (accelerate device maps) just work.
+Launched as several processes (torchrun), each scores its shard of the batches and the totals
+are added up across processes (`prunec.distributed`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prunec import distributed
 from prunec.data import Record, encode, read_calibration, records_digest
+from prunec.distributed import Group, agreed, is_worker
 from prunec.errors import BuildError, SourceMap, SpecError
 from prunec.plan.model import Plan
 from prunec.scoring.cache import (
@@ -53,6 +56,20 @@ class _Totals:
         self.pairs = np.zeros((num_layers + 1, num_layers + 1))
         self.tokens = 0
         self.samples = 0
+
+    def vector(self) -> np.ndarray:
+        """Every running sum in one float64 vector (what a distributed build adds up)."""
+        counts = [float(self.tokens), float(self.samples)]
+        rows = [self.cos_all, self.ang_all, self.cos_last, self.ang_last, self.pairs.ravel()]
+        return np.concatenate([*rows, counts])
+
+    def load(self, vector: np.ndarray) -> None:
+        """Set the sums from `vector` (laid out as `vector()` writes it)."""
+        n = len(self.cos_all)
+        parts = np.split(vector[:-2], [n, 2 * n, 3 * n, 4 * n])
+        self.cos_all, self.ang_all, self.cos_last, self.ang_last = parts[:4]
+        self.pairs = parts[4].reshape(n + 1, n + 1)
+        self.tokens, self.samples = round(float(vector[-2])), round(float(vector[-1]))
 
     def stats(self) -> DomainStats:
         t, s = max(self.tokens, 1), max(self.samples, 1)
@@ -164,18 +181,28 @@ class Batch:
     inputs: dict[str, torch.Tensor]
 
 
-def calibration_batches(
-    plan: Plan, processor: Any, records: dict[str, list[Record]]
-) -> Iterator[Batch]:
-    """Batches of `plan.prune.batch_size`, one domain and one modality (image / text) each."""
+def _chunks(
+    plan: Plan, records: dict[str, list[Record]]
+) -> Iterator[tuple[Any, tuple[Record, ...]]]:
+    """(domain, records) of every batch, in order: `plan.prune.batch_size` records of one
+    domain and one modality (image / text) each."""
     size = max(plan.prune.batch_size, 1)
     for domain in plan.domains:
         chunks = [r for r in records[domain.name] if r.image is not None]
         texts = [r for r in records[domain.name] if r.image is None]
         for group in (chunks, texts):
             for start in range(0, len(group), size):
-                part = tuple(group[start : start + size])
-                yield Batch(domain.name, part, encode(processor, part, domain.max_length))
+                yield domain, tuple(group[start : start + size])
+
+
+def calibration_batches(
+    plan: Plan, processor: Any, records: dict[str, list[Record]], shard: Group | None = None
+) -> Iterator[Batch]:
+    """Batches of `plan.prune.batch_size`, one domain and one modality (image / text) each;
+    with `shard`, only this process's batches (only those are encoded)."""
+    for index, (domain, part) in enumerate(_chunks(plan, records)):
+        if shard is None or shard.owns(index):
+            yield Batch(domain.name, part, encode(processor, part, domain.max_length))
 
 
 def model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -205,50 +232,52 @@ def forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     return extra
 
 
-def _progress(total: int) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.text import Text
-
-    class SamplesPerSecond(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} samples/s" if speed else "- samples/s")
-
-    console = Console(file=sys.stderr)
-    return Progress(
-        TextColumn("[bold]scoring[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        SamplesPerSecond(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-
-
 def collect_scores(
     model: torch.nn.Module,
     layers: Sequence[torch.nn.Module],
     batches: Iterator[Batch],
     domains: Sequence[str],
     total_samples: int,
+    group: Group | None = None,
 ) -> dict[str, DomainStats]:
-    """Run every batch once through `model` with hooks on `layers`; per-domain statistics."""
+    """Run every batch once through `model` with hooks on `layers`; per-domain statistics.
+
+    group: the batches are this process's shard; the sums of every process are added up.
+    """
     totals = {name: _Totals(len(layers)) for name in domains}
+    if group is None:
+        _accumulate(model, layers, batches, totals, total_samples)
+    else:
+
+        def share() -> np.ndarray:
+            _accumulate(model, layers, batches, totals, total_samples)
+            return np.concatenate([totals[name].vector() for name in domains])
+
+        width = len(_Totals(len(layers)).vector())
+        summed = group.run_and_sum("scoring", width * len(domains), share)
+        for i, name in enumerate(domains):
+            totals[name].load(summed[i * width : (i + 1) * width])
+    return {name: totals[name].stats() for name in domains}
+
+
+def _accumulate(
+    model: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
+    batches: Iterator[Batch],
+    totals: dict[str, _Totals],
+    total_samples: int,
+) -> None:
+    from prunec.progress import progress
+
     collector = LayerStatsCollector(layers)
     extra = forward_kwargs(model)
-    with _progress(total_samples) as progress, collector.attached(), torch.inference_mode():
-        task = progress.add_task("", total=total_samples)
+    with (
+        progress("scoring", total=total_samples, unit="samples") as bar,
+        collector.attached(),
+        torch.inference_mode(),
+    ):
         for batch in batches:
-            progress.update(task, description=batch.domain)
+            bar.update(note=batch.domain)
             collector.begin(batch.inputs["attention_mask"])
             try:
                 model(**model_inputs(model, batch.inputs), **extra)
@@ -259,8 +288,7 @@ def collect_scores(
                     f"(domain `{batch.domain}`): {type(err).__name__}: {err}"
                 ) from err
             collector.end(totals[batch.domain])
-            progress.advance(task, len(batch.records))
-    return {name: totals[name].stats() for name in domains}
+            bar.advance(len(batch.records))
 
 
 def read_all_records(plan: Plan) -> dict[str, list[Record]]:
@@ -352,18 +380,19 @@ def score(
     model_fp = _model_fp(plan, loaded, cache.directory)
     if model_fp is not None:
         fingerprints["model"] = model_fp
-        hit = cache.get(cache_key(fingerprints))
+        hit = agreed(cache.get(cache_key(fingerprints)), "the score cache")
         if hit is not None:
             return hit
     if loaded is None:
         loaded = lazy.get()
         if model_fp is None:
             fingerprints["model"] = _model_fp(plan, loaded, cache.directory) or ""
-            hit = cache.get(cache_key(fingerprints))
+            hit = agreed(cache.get(cache_key(fingerprints)), "the score cache")
             if hit is not None:
                 return hit
     scores = compute_scores(plan, loaded, records, fingerprints)
-    cache.put(cache_key(fingerprints), scores)
+    if not is_worker():  # one writer per launch
+        cache.put(cache_key(fingerprints), scores)
     return scores
 
 
@@ -379,13 +408,19 @@ def compute_scores(
     layers = locate_decoder(loaded.model).layers
     if loaded.processor is None:
         raise BuildError(f"{plan.model.source} has no tokenizer or processor to encode data with")
-    total = sum(len(v) for v in records.values())
+    shard = distributed.group()
+    total = sum(
+        len(part)
+        for index, (_, part) in enumerate(_chunks(plan, records))
+        if shard is None or shard.owns(index)
+    )
     stats = collect_scores(
         loaded.model,
         list(layers),
-        calibration_batches(plan, loaded.processor, records),
+        calibration_batches(plan, loaded.processor, records, shard),
         [d.name for d in plan.domains],
         total,
+        shard,
     )
     order: tuple[int, ...] = ()
     if plan.prune.strategy == "iterative":

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from prunec import distributed
 from prunec.data import Record, encode
 from prunec.plan.model import Plan
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prunec.arch.loading import LoadedModel
+    from prunec.distributed import Group
 
 #: Samples per domain used for the ablation loss (the order is stable well before this).
 ABLATION_SAMPLES = 8
@@ -61,12 +65,31 @@ def ablation_order(
     ]
     candidates = [i for i in range(loaded.num_layers) if i not in constraints.forbidden]
     removed: list[int] = []
+    shard = distributed.group()
     for _ in range(min(constraints.budget, len(candidates))):
-        losses = {}
-        for layer in candidates:
-            if layer in removed:
-                continue
+        trials = [layer for layer in candidates if layer not in removed]
+
+        def loss(layer: int, removed: list[int] = removed) -> float:
             with skip_layers(loaded.model, sorted([*removed, layer])):
-                losses[layer] = calibration_loss(loaded, batches)
-        removed.append(min(losses, key=lambda layer: (losses[layer], layer)))
+                return calibration_loss(loaded, batches)
+
+        if shard is None:
+            losses = [loss(layer) for layer in trials]
+        else:  # each process tries its share of the layers; each loss comes from one process
+            losses = list(
+                shard.run_and_sum("the ablation order", len(trials), _share(shard, trials, loss))
+            )
+        best = min(range(len(trials)), key=lambda i: (losses[i], trials[i]))
+        removed.append(trials[best])
     return tuple(removed)
+
+
+def _share(
+    shard: Group, trials: list[int], loss: Callable[[int], float]
+) -> Callable[[], list[float]]:
+    """This process's losses at its trials' positions, zero elsewhere (summed over processes)."""
+
+    def run() -> list[float]:
+        return [loss(layer) if shard.owns(i) else 0.0 for i, layer in enumerate(trials)]
+
+    return run

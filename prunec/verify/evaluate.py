@@ -206,8 +206,13 @@ def evaluate_records(
     results: list[RecordEval | None] = [None] * len(records)
     was_training = model.training
     model.eval()
+    from prunec.progress import progress
+
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            progress("evaluating", total=len(records), unit="records") as bar,
+        ):
             for rows in _modality_batches(records, batch_size):
                 chunk = [records[i] for i in rows]
                 key = ("batch", max_length, tuple(chunk))
@@ -226,6 +231,7 @@ def evaluate_records(
                     text = tokenizer.decode(out, skip_special_tokens=True)
                     correct = normalize_answer(text) == normalize_answer(records[i].answer or "")
                     results[i] = RecordEval(correct, float(sums[row]), int(counts[row]))
+                bar.advance(len(chunk))
     finally:
         model.train(was_training)
     return [r for r in results if r is not None]

@@ -81,11 +81,14 @@ def run_builder(
         # nodes, the same folder also runs on onnxruntime's CPU kernels, so it can be checked
         # on a machine without a GPU (and is checked the same way on one).
         extra.append("fuse_qk_norm_gqa=false")
+    from prunec.progress import progress
+
     started = time.perf_counter()
     output = io.StringIO()
     args = (None, str(hf_dir), str(out_dir), precision, execution, str(cache_dir))
     try:
-        with _captured(output):
+        # Progress outside the capture: its lines go to the stderr of the stage's start.
+        with progress("genai: onnxruntime-genai's model builder"), _captured(output):
             from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
             options = parse_extra_options(*args, extra)

@@ -168,25 +168,33 @@ def export_vision(model: nn.Module, arch: OnnxArch, sample: Sample, path: Path, 
 def _export_all(
     model: nn.Module, arch: OnnxArch, out_dir: Path, target: OnnxOptions, samples: list[Sample]
 ) -> dict[str, Path]:
+    from prunec.progress import progress
+
     layout = ex.kv_layout(model)
     paths = {"embed_tokens": out_dir / ex.EMBED_FILE}
-    ex.export_embed(model, paths["embed_tokens"], target.opset)
+    with progress("onnx: exporting the token embedding"):
+        ex.export_embed(model, paths["embed_tokens"], target.opset)
     if arch.vision:
         paths["vision_encoder"] = out_dir / ex.VISION_FILE
-        export_vision(model, arch, _image_sample(samples), paths["vision_encoder"], target.opset)
+        with progress("onnx: exporting the vision encoder"):
+            sample = _image_sample(samples)
+            export_vision(model, arch, sample, paths["vision_encoder"], target.opset)
     paths["decoder"] = out_dir / (ex.DECODER_FILE if target.kv_cache else ex.DECODER_NO_CACHE_FILE)
-    ex.export_decoder(
-        model,
-        layout,
-        paths["decoder"],
-        target.opset,
-        target.kv_cache,
-        arch.token_type_ids,
-        arch.positions == "mrope",
-        _deepstack_layers(model, arch, samples),
-    )
-    for path in paths.values():
-        _check(path)
+    with progress("onnx: exporting the decoder"):
+        ex.export_decoder(
+            model,
+            layout,
+            paths["decoder"],
+            target.opset,
+            target.kv_cache,
+            arch.token_type_ids,
+            arch.positions == "mrope",
+            _deepstack_layers(model, arch, samples),
+        )
+    with progress("onnx: checking the graphs", total=len(paths), unit="graphs") as bar:
+        for path in paths.values():
+            _check(path)
+            bar.advance()
     return paths
 
 
