@@ -1,0 +1,239 @@
+"""`heal linear`: the least-squares correction per removed run, folded into the layer before it.
+
+On the briefly trained testbed VLM (removal measurably hurts): the fit lowers its own
+objective, folding is exact, a harmful correction is dropped, and a CLI build ships a standard
+checkpoint that plain transformers loads and that matches the healed model in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from prunec.arch import locate_decoder, skip_layers
+from prunec.arch.loading import LoadedModel, load_model
+from prunec.errors import ExitCode, SpecError
+from prunec.plan.model import ModelSpec
+from prunec.planning import MeasuredObjective
+from prunec.planning.heal import (
+    LinearHealer,
+    corrections_transform,
+    heal_selection,
+    healer_for,
+    removed_runs,
+    solve_correction,
+)
+from prunec.syntax import load_spec
+
+SPEC = """\
+model "{model}"
+
+domain math {{
+  data   "{data}/math_calib.jsonl"
+  weight 0.7
+}}
+
+domain general {{
+  data   "{data}/general_calib.jsonl"
+  weight 0.3
+}}
+
+prune {{
+  {selection}
+  heal     linear{ridge}
+}}
+
+target hf "out/hf"
+"""
+
+
+def _spec(tmp_path: Path, testbed: Any, selection: str, ridge: str = "") -> Path:
+    path = tmp_path / "tutor.prune"
+    path.write_text(
+        SPEC.format(model=testbed.model, data=testbed.data, selection=selection, ridge=ridge)
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def testbed_model(quick_testbed: Any) -> LoadedModel:
+    return load_model(ModelSpec(source=str(quick_testbed.model), local=True))
+
+
+@pytest.fixture(scope="module")
+def objective(quick_testbed: Any, testbed_model: LoadedModel, tmp_path_factory: Any) -> Any:
+    plan = load_spec(_spec(tmp_path_factory.mktemp("spec"), quick_testbed, "remove 2, 3"))
+    return plan, MeasuredObjective.from_plan(plan, testbed_model)
+
+
+def _state_after(model: Any, inputs: Any, removed: tuple[int, ...], layer: int) -> Any:
+    """(what layer `layer`'s down projection writes, the stream after that layer), with
+    `removed` skipped, on one batch."""
+    from prunec.scoring.engine import model_inputs
+
+    layers = locate_decoder(model).layers
+    got: dict[str, Any] = {}
+    handles = [
+        layers[layer].mlp.down_proj.register_forward_hook(
+            lambda m, a, out: got.__setitem__("written", out)
+        ),
+        layers[layer].register_forward_hook(
+            lambda m, a, out: got.__setitem__("after", out[0] if isinstance(out, tuple) else out)
+        ),
+    ]
+    try:
+        with torch.no_grad(), skip_layers(model, removed):
+            model(**model_inputs(model, dict(inputs)), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return got["written"], got["after"]
+
+
+def test_runs_and_the_closed_form() -> None:
+    assert removed_runs([5, 1, 2, 7, 0]) == [(0, 1, 2), (5,), (7,)]
+    # With M = I the fit must return Y exactly (no ridge); a huge ridge returns no correction.
+    gram = torch.eye(3, dtype=torch.float64)
+    cross = torch.tensor([[1.0, 2, 0], [0, -1, 0], [0, 0, 3]], dtype=torch.float64)
+    assert torch.allclose(solve_correction(gram, cross, 0.0), torch.eye(3) + cross.float().double())
+    assert torch.allclose(solve_correction(gram, cross, 1e12), torch.eye(3, dtype=torch.float64))
+
+
+def test_fit_lowers_the_objective_and_folding_is_exact(
+    objective: Any, testbed_model: LoadedModel
+) -> None:
+    plan, measured = objective
+    healer = healer_for(plan, testbed_model, lambda: measured)
+    removed = (2, 3)
+    record, kept = heal_selection(healer, measured, removed, plan.prune.heal)
+    assert [r.status for r in record.runs] == ["healed"] and record.runs[0].corrected == 1
+    assert record.after < record.before  # held-out objective, measured with the fold applied
+    # ...and on the data it was fitted on, the objective drops too.
+    search = measured.evaluate(removed, "search").value
+    # (a transform, so that no hidden state cached from the unhealed model is reused)
+    healed = corrections_transform(healer, kept)
+    assert measured.evaluate(removed, "search", transform=healed).value < search
+
+    # Folding T into down_proj = applying it as a separate linear op to what the layer writes:
+    # stream after layer 1 (healed) == stream (unhealed) - M + M T, float32 tolerance 1e-4.
+    model = testbed_model.model
+    _, inputs = next(iter(measured.iter_batches("search")))
+    written, after = _state_after(model, inputs, removed, 1)
+    with healer.applied(kept):
+        written_healed, after_healed = _state_after(model, inputs, removed, 1)
+    matrix = kept[1].to(torch.float64)
+    expected = after.double() - written.double() + written.double() @ matrix
+    assert torch.allclose(after_healed.double(), expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(written_healed.double(), written.double() @ matrix, atol=1e-4)
+    # `applied` restores the original weights exactly.
+    again, _ = _state_after(model, inputs, removed, 1)
+    assert torch.equal(again, written)
+
+
+def test_run_at_layer_zero_is_not_healed_and_a_harmful_fit_is_dropped(
+    objective: Any, testbed_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan, measured = objective
+    healer = healer_for(plan, testbed_model, lambda: measured)
+
+    def harmful(self: LinearHealer, removed: Any, run: Any, corrections: Any) -> torch.Tensor:
+        width = locate_decoder(testbed_model.model).text_config.hidden_size
+        return -3.0 * torch.eye(width, dtype=torch.float64)  # flips and amplifies the MLP
+
+    monkeypatch.setattr(LinearHealer, "fit_run", harmful)
+    record, kept = heal_selection(healer, measured, (0, 3), plan.prune.heal)
+    assert [(r.layers, r.status, r.corrected) for r in record.runs] == [
+        ((0,), "not healed", None),
+        ((3,), "dropped", 2),
+    ]
+    dropped = record.runs[1]
+    assert dropped.after is not None and dropped.before is not None
+    assert dropped.after > dropped.before and record.after == record.before
+    assert kept == {} and record.corrected == ()
+
+
+def test_gemma2_is_refused_with_a_clear_error(tiny_model: Any, tmp_path: Path) -> None:
+    model = tiny_model("gemma2", num_layers=4)
+    (tmp_path / "calib.jsonl").write_text('{"text": "a b c"}\n' * 4)
+    spec = tmp_path / "g.prune"
+    spec.write_text(
+        f'model "{model}"\ndomain d {{ data "calib.jsonl" }}\n'
+        "prune {\n  budget 1 layer\n  strategy last\n  heal linear\n}\n"
+    )
+    from prunec.pipeline import build
+    from prunec.syntax import check_file
+
+    codes = [d.code for d in check_file(spec).diagnostics]
+    assert codes == ["E314"]
+    with pytest.raises(SpecError) as err:
+        build(spec, write_lock=False)
+    message = str(err.value.diagnostics[0].message)
+    assert "post_feedforward_layernorm" in message and "refused" in message
+    loaded = load_model(ModelSpec(source=str(model), local=True))
+    with pytest.raises(Exception, match="cannot fold"):
+        LinearHealer(loaded.model, lambda: [], {"d": 1.0}, 1e-3)
+
+
+def _run(*argv: str) -> int:
+    from prunec.cli import main
+
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_build_ships_a_healed_standard_checkpoint(
+    quick_testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("PRUNEC_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _spec(tmp_path, quick_testbed, "remove 2, 3", " ridge 1e-4")
+    assert _run("build", str(spec)) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "heal linear (ridge 0.0001): 1 of 1 runs corrected" in err, err
+
+    lock = json.loads((tmp_path / "tutor.prune.lock").read_text())
+    healing = lock["healing"]
+    assert healing["method"] == "linear" and healing["ridge"] == 1e-4
+    assert healing["projection"] == "mlp.down_proj" and healing["part"] == "held_out"
+    assert [r["status"] for r in healing["runs"]] == ["healed"]
+    assert healing["after"] < healing["before"]
+    card = (tmp_path / "out" / "hf" / "README.md").read_text()
+    assert "### Healing" in card and "| 2-3 | 1 | healed |" in card
+
+    # Plain transformers loads it (same class, same parameter names, no prunec) and it equals
+    # the healed model in memory: the source with layers 2-3 removed and the fold applied.
+    import transformers
+
+    out = tmp_path / "out" / "hf"
+    shipped = transformers.AutoModelForImageTextToText.from_pretrained(out).eval()
+    plan = load_spec(spec)
+    loaded = load_model(plan.model)
+    source = loaded.model
+    assert type(shipped) is type(source)
+    measured = MeasuredObjective.from_plan(plan, loaded)
+    healer = healer_for(plan, loaded, lambda: measured)
+    record, kept = heal_selection(healer, measured, (2, 3), plan.prune.heal)
+    assert record.to_json() | {"seconds": 0} == healing | {"seconds": 0}
+    healer.fold(kept)
+    from prunec.arch import remove_layers
+
+    remove_layers(source, [2, 3])
+    assert set(shipped.state_dict()) == set(source.state_dict())
+    layer = locate_decoder(shipped).layers[1].mlp.down_proj.weight
+    assert torch.allclose(layer, locate_decoder(source).layers[1].mlp.down_proj.weight)
+    original = load_model(ModelSpec(source=str(quick_testbed.model), local=True)).model
+    assert not torch.allclose(layer, locate_decoder(original).layers[1].mlp.down_proj.weight)
+    _, inputs = next(iter(measured.iter_batches("held_out")))
+    from prunec.scoring.engine import model_inputs
+
+    with torch.no_grad():
+        got = shipped(**model_inputs(shipped, dict(inputs))).logits
+        want = source(**model_inputs(source, dict(inputs))).logits
+    assert torch.allclose(got, want, atol=1e-4)
