@@ -237,3 +237,60 @@ def test_build_ships_a_healed_standard_checkpoint(
         got = shipped(**model_inputs(shipped, dict(inputs))).logits
         want = source(**model_inputs(source, dict(inputs))).logits
     assert torch.allclose(got, want, atol=1e-4)
+
+
+# ------------------------------------------------------------------ architectures, ONNX
+
+WORDS = ["red", "green", "blue", "one", "two", "three", "four", "five", "the", "dots"]
+
+
+def _text_records(count: int) -> list[Any]:
+    from prunec.data import Record
+
+    return [
+        Record(Path("calib.jsonl"), i + 1, " ".join(WORDS[i % 5 : i % 5 + 3 + i % 4]), None, None)
+        for i in range(count)
+    ]
+
+
+def _fitted(loaded: LoadedModel, removed: tuple[int, ...]) -> tuple[LinearHealer, Any, Any]:
+    records = {"d": _text_records(8)}
+    measured = MeasuredObjective(loaded.model, loaded.processor, records, {"d": 1.0})
+    healer = LinearHealer(
+        loaded.model, lambda: measured.iter_batches("search"), {"d": 1.0}, ridge=1e-3
+    )
+    return healer, healer.fit_all(removed), measured
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl", "idefics3", "phi3"])
+def test_folding_is_exact_on_each_architecture(tiny_model: Any, model_type: str) -> None:
+    """Layer 1 writes M T after the fold: the stream after it moves by exactly M (T - I).
+    (Qwen3-VL adds visual features between layers; text records leave them out here.)"""
+    loaded = load_model(ModelSpec(source=str(tiny_model(model_type, num_layers=4)), local=True))
+    healer, corrections, measured = _fitted(loaded, (2,))
+    assert list(corrections) == [1]
+    matrix = corrections[1]
+    assert not torch.allclose(matrix, torch.eye(matrix.shape[0], dtype=matrix.dtype))
+    _, inputs = next(iter(measured.iter_batches("search")))
+    written, after = _state_after(loaded.model, inputs, (2,), 1)
+    with healer.applied(corrections):
+        _, after_healed = _state_after(loaded.model, inputs, (2,), 1)
+    expected = after.double() + written.double() @ (matrix - torch.eye(matrix.shape[0]).double())
+    scale = float(after.abs().max())
+    assert torch.allclose(after_healed.double(), expected, atol=1e-5 * max(scale, 1.0))
+
+
+@pytest.mark.slow  # an ONNX export with its parity run: about a minute on two cores
+def test_healed_onnx_matches_the_healed_model(tiny_model: Any, tmp_path: Path) -> None:
+    from prunec.arch import remove_layers
+    from prunec.backends.onnx import OnnxOptions, emit_onnx
+
+    loaded = load_model(ModelSpec(source=str(tiny_model("llama", num_layers=4)), local=True))
+    healer, corrections, _ = _fitted(loaded, (2,))
+    before = locate_decoder(loaded.model).layers[1].mlp.down_proj.weight.detach().clone()
+    healer.fold(corrections)
+    remove_layers(loaded.model, [2])
+    healed = locate_decoder(loaded.model).layers[1].mlp.down_proj.weight
+    assert not torch.allclose(before, healed)  # the export below carries a changed weight
+    report = emit_onnx(loaded.model, loaded.processor, tmp_path / "onnx", target=OnnxOptions())
+    assert report.max_abs_diff["decoder"] <= 1e-4  # parity with the healed model in memory
