@@ -174,7 +174,7 @@ class Healing:
         self.healer = healer_for(plan, loaded, self.objective)
         self.corrections: dict[int, Any] = {}
         if context is not None:
-            context.transform = search_transform(self.healer, plan.prune.heal)
+            context.transform = search_transform(lambda: self.healer, plan.prune.heal)
 
     def objective(self) -> Any:
         if self.context is not None:

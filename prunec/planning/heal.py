@@ -164,6 +164,10 @@ def removed_runs(removed: Sequence[int]) -> list[tuple[int, ...]]:
     return [tuple(r) for r in runs]
 
 
+#: "No decoder layer changes" for `Transform.first_changed` (above any layer count).
+_NO_LAYER = 1 << 30
+
+
 class _Stop(Exception):
     """Raised by a hook once a forward pass has produced everything the fit needs."""
 
@@ -255,9 +259,8 @@ class LinearHealer:
         tokens: dict[str, int] = {}
         for domain, inputs in batches:
             tokens[domain] = tokens.get(domain, 0) + int(_token_mask(inputs).sum())
-        width = int(self.stack.text_config.hidden_size)
-        gram = torch.zeros(width, width, dtype=torch.float64)
-        cross = torch.zeros(width, width, dtype=torch.float64)
+        gram: torch.Tensor | None = None
+        cross: torch.Tensor | None = None
         was_training = self.model.training
         self.model.eval()
         try:
@@ -272,11 +275,15 @@ class LinearHealer:
                         stream, written = self._entering(inputs, following, corrected)
                     picked = _select(mask, written)
                     residual = _select(mask, target[0]) - _select(mask, stream)
-                    gram += weight * picked.T @ picked
-                    cross += weight * picked.T @ residual
+                    batch_gram = weight * picked.T @ picked
+                    batch_cross = weight * picked.T @ residual
+                    gram = batch_gram if gram is None else gram + batch_gram
+                    cross = batch_cross if cross is None else cross + batch_cross
         finally:
             self.model.train(was_training)
-        return gram, cross
+        if gram is None or cross is None:
+            raise BuildError("healing found no calibration tokens to fit on")
+        return gram.cpu(), cross.cpu()
 
     def _entering(
         self, inputs: Mapping[str, Any], layer: int, corrected: int | None
@@ -389,10 +396,12 @@ def _token_mask(inputs: Mapping[str, Any]) -> torch.Tensor:
 
 
 def _select(mask: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """The states at the real (unpadded) tokens, as float64 rows."""
+    """The states at the real (unpadded) tokens, as float64 rows, on the states' device
+    (the CPU for MPS, which has no float64): the sums are accumulated where they are made."""
     import torch
 
-    flat = states.detach().to("cpu", torch.float64)
+    device = states.device if states.device.type != "mps" else torch.device("cpu")
+    flat = states.detach().to(device, torch.float64)
     if flat.shape[:2] == mask.shape:
         return flat[mask.to(flat.device)]
     return flat.reshape(-1, flat.shape[-1])  # a model that reshapes tokens: every position
@@ -430,17 +439,20 @@ def healer_for(
     )
 
 
-def search_transform(healer: LinearHealer, spec: HealSpec) -> Transform:
+def search_transform(healer: Callable[[], LinearHealer], spec: HealSpec) -> Transform:
     """The transform `auto` measures candidates with: every healable run corrected (fitted
-    per candidate and cached), nothing measured or dropped yet."""
+    per candidate and cached), nothing measured or dropped yet. `healer()` is called on the
+    first candidate only, so a search answered from the cache needs no model."""
     from prunec.planning.measure import Transform
 
     def apply(model: nn.Module, removed: tuple[int, ...]) -> Any:
-        return healer.applied(healer.fit_all(removed))
+        fitted = healer()
+        return fitted.applied(fitted.fit_all(removed))
 
     def first_changed(removed: tuple[int, ...]) -> int:
         starts = [r[0] - 1 for r in removed_runs(removed) if r[0] > 0]
-        return min(starts, default=healer.num_layers)
+        # No healable run: nothing changes; any value at or above the layer count says so.
+        return min(starts, default=_NO_LAYER)
 
     return Transform(key=spec.key(), apply=apply, first_changed=first_changed)
 
