@@ -299,3 +299,31 @@ def test_healed_onnx_matches_the_healed_model(tiny_model: Any, tmp_path: Path) -
     assert not torch.allclose(before, healed)  # the export below carries a changed weight
     report = emit_onnx(loaded.model, loaded.processor, tmp_path / "onnx", target=OnnxOptions())
     assert report.max_abs_diff["decoder"] <= 1e-4  # parity with the healed model in memory
+
+
+def test_auto_measures_candidates_healed(
+    quick_testbed: Any, testbed_model: LoadedModel, tmp_path: Path
+) -> None:
+    from prunec.planning import SearchContext, solve
+    from prunec.planning.heal import search_transform
+    from prunec.scoring import score
+
+    spec = _spec(tmp_path, quick_testbed, "budget   2 layers\n  strategy auto\n  search   3")
+    plan = load_spec(spec)
+    scores = score(plan, testbed_model, cache_dir=tmp_path / "cache")
+    context = SearchContext(plan, testbed_model, cache_dir=tmp_path / "cache", progress=False)
+    healer = healer_for(plan, testbed_model, context.objective)
+    context.transform = search_transform(lambda: healer, plan.prune.heal)
+    summary = solve(plan, scores, context=context).search
+    assert summary is not None
+    measured = context.objective()
+    for candidate in summary.candidates:
+        if not candidate.complete:
+            continue
+        corrections = healer.fit_all(candidate.removed)
+        transform = corrections_transform(healer, corrections) if corrections else None
+        healed = measured.evaluate(candidate.removed, "search", transform=transform).value
+        assert candidate.search == pytest.approx(healed, rel=1e-6)
+        if corrections:  # a healed candidate is not measured as the unhealed set would be
+            plain = measured.evaluate(candidate.removed, "search").value
+            assert candidate.search != pytest.approx(plain, rel=1e-6)
