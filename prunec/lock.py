@@ -42,6 +42,9 @@ def spec_settings(plan: Plan) -> dict[str, Any]:
     directory so a moved checkout still matches its lock.
     """
     meaning = plan.model_dump(mode="json", exclude={"spec_text", "spec_path"})
+    if not plan.prune.heal.enabled:
+        # `heal none` is the default: left out, so locks written before `heal` still match.
+        meaning["prune"].pop("heal", None)
     base = plan.spec_path.parent if plan.spec_path is not None else None
     flat: dict[str, Any] = {}
 
