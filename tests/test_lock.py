@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_heal_is_part_of_the_spec_and_recorded(tmp_path):
         runs=(RunHealing((0,), None, "not healed"), RunHealing((3,), 2, "healed", 2.0, 1.5)),
     )
     healed = dataclasses.replace(selection, healing=record)
-    with pytest.raises(LockError, match="prune.heal.method changed: None -> 'linear'"):
+    with pytest.raises(LockError, match=re.escape("prune.heal.method changed: None -> 'linear'")):
         check_lock(path, healed_plan, None, scores, healed)
     data = lock_data(healed_plan, None, scores, healed)
     assert data["healing"]["runs"][1] == {
