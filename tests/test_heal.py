@@ -327,3 +327,18 @@ def test_auto_measures_candidates_healed(
         if corrections:  # a healed candidate is not measured as the unhealed set would be
             plain = measured.evaluate(candidate.removed, "search").value
             assert candidate.search != pytest.approx(plain, rel=1e-6)
+
+
+def test_fits_are_cached_within_a_memory_bound(
+    objective: Any, testbed_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prunec.planning.heal as heal
+
+    plan, measured = objective
+    healer = healer_for(plan, testbed_model, lambda: measured)
+    first = healer.fit_all((2, 3))
+    assert healer.fits == 1 and healer.fit_all((2, 3))[1] is first[1]  # reused, not refitted
+    monkeypatch.setattr(heal, "CACHE_BYTES", first[1].numel() * 8)  # room for one fit
+    healer.fit_all((3,))
+    assert healer.fits == 2 and len(healer._cache) == 1
+    assert torch.equal(healer.fit_all((2, 3))[1], first[1]) and healer.fits == 3

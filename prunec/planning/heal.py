@@ -164,6 +164,9 @@ def removed_runs(removed: Sequence[int]) -> list[tuple[int, ...]]:
     return [tuple(r) for r in runs]
 
 
+#: Most bytes of fitted corrections kept for reuse (`auto` fits every candidate; the winner's
+#: fits are reused by the final healing). One hidden 4096 correction is 128 MiB.
+CACHE_BYTES = 512 * 1024**2
 #: "No decoder layer changes" for `Transform.first_changed` (above any layer count).
 _NO_LAYER = 1 << 30
 
@@ -228,16 +231,22 @@ class LinearHealer:
         corrections: Mapping[int, torch.Tensor],
     ) -> torch.Tensor:
         """T for `run` (which must follow a kept layer), on the model with `removed` skipped
-        and `corrections` applied. Cached by everything it depends on."""
+        and `corrections` applied.
+
+        Cached (the most recent fits, up to CACHE_BYTES) by the removal set, the run and which
+        layers carry corrections: for one removal set, the corrections before a run are
+        themselves fits keyed the same way, so the layers determine their values.
+        """
         key = (tuple(sorted(removed)), run, tuple(sorted(corrections)))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        gram, cross = self.statistics(removed, run, corrections)
-        solution = solve_correction(gram, cross, self.ridge)
-        self._cache[key] = solution
-        self.fits += 1
-        return solution
+        cached = self._cache.pop(key, None)
+        if cached is None:
+            gram, cross = self.statistics(removed, run, corrections)
+            cached = solve_correction(gram, cross, self.ridge)
+            self.fits += 1
+        self._cache[key] = cached  # most recent last
+        while len(self._cache) > 1 and _nbytes(self._cache.values()) > CACHE_BYTES:
+            del self._cache[next(iter(self._cache))]
+        return cached
 
     def statistics(
         self,
@@ -360,6 +369,10 @@ class LinearHealer:
             for layer, matrix in corrections.items():
                 for param, value in _folded(self._module(layer), matrix.clone()):
                     param.data = value
+
+
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _folded(module: nn.Module, matrix: torch.Tensor) -> list[tuple[Any, torch.Tensor]]:
