@@ -4,8 +4,10 @@ Order matters for the "nothing half-done" promise:
 1. everything that can be checked without the model (spec, data files, target support) is
    checked first, so a bad spec costs no model load;
 2. the model's layer count is checked against the spec (out-of-range indices, budget);
-3. scoring (cached), solving, and the `--locked` comparison happen before any surgery;
-4. the original model is evaluated for the gates, then pruned in place (one copy in memory);
+3. scoring (cached), solving, `heal`'s fitting and measuring (`Healing`), and the `--locked`
+   comparison happen before any surgery;
+4. the original model is evaluated for the gates, then healed (the kept corrections folded
+   into its weights) and pruned in place (one copy in memory);
 5. gates are checked before emission; a failed gate publishes nothing;
 6. every target is written into a staging directory beside it and self-checked; only when all
    targets passed are they moved into place, then the lockfile is written.

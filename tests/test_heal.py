@@ -342,3 +342,14 @@ def test_fits_are_cached_within_a_memory_bound(
     healer.fit_all((3,))
     assert healer.fits == 2 and len(healer._cache) == 1
     assert torch.equal(healer.fit_all((2, 3))[1], first[1]) and healer.fits == 3
+
+
+def test_refusal_reads_the_text_decoder_of_a_vlm() -> None:
+    from prunec.arch.table import heal_refusal
+
+    assert heal_refusal({"model_type": "llava", "text_config": {"model_type": "llama"}}) is None
+    assert heal_refusal({"model_type": "paligemma", "text_config": {"model_type": "gemma"}}) is None
+    # PaliGemma 2 wraps a Gemma 2 decoder: normalised MLP output, refused.
+    paligemma2 = {"model_type": "paligemma", "text_config": {"model_type": "gemma2"}}
+    assert "post_feedforward_layernorm" in str(heal_refusal(paligemma2))
+    assert "not in the architecture table" in str(heal_refusal({"model_type": "mamba"}))
