@@ -5,7 +5,7 @@ current inputs with the lock and fails with a LockError listing everything that 
 What is compared: the spec's meaning (formatting and comments do not count), the model and
 calibration data fingerprints, and the selected layers. Versions are recorded, not compared:
 a newer torch that picks the same layers is not a different build. So is how `auto` chose
-(`search`: every measured candidate and the winner).
+(`search`: every measured candidate and the winner), and what `heal` did (`healing`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def spec_settings(plan: Plan) -> dict[str, Any]:
     directory so a moved checkout still matches its lock.
     """
     meaning = plan.model_dump(mode="json", exclude={"spec_text", "spec_path"})
+    if not plan.prune.heal.enabled:
+        # `heal none` is the default: left out, so locks written before `heal` still match.
+        meaning["prune"].pop("heal", None)
     base = plan.spec_path.parent if plan.spec_path is not None else None
     flat: dict[str, Any] = {}
 
@@ -130,6 +133,8 @@ def lock_data(
         },
         # Recorded, not compared: how `auto` chose (every measured candidate, the winner).
         "search": selection.search.to_json() if selection.search is not None else None,
+        # Recorded, not compared: which runs `heal` corrected, and the objective before/after.
+        "healing": selection.healing.to_json() if selection.healing is not None else None,
         "versions": {
             "prunec": __version__,
             "torch": _version("torch"),

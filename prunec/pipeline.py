@@ -4,8 +4,10 @@ Order matters for the "nothing half-done" promise:
 1. everything that can be checked without the model (spec, data files, target support) is
    checked first, so a bad spec costs no model load;
 2. the model's layer count is checked against the spec (out-of-range indices, budget);
-3. scoring (cached), solving, and the `--locked` comparison happen before any surgery;
-4. the original model is evaluated for the gates, then pruned in place (one copy in memory);
+3. scoring (cached), solving, `heal`'s fitting and measuring (`Healing`), and the `--locked`
+   comparison happen before any surgery;
+4. the original model is evaluated for the gates, then healed (the kept corrections folded
+   into its weights) and pruned in place (one copy in memory);
 5. gates are checked before emission; a failed gate publishes nothing;
 6. every target is written into a staging directory beside it and self-checked; only when all
    targets passed are they moved into place, then the lockfile is written.
@@ -148,6 +150,60 @@ def check_targets_supported(plan: Plan, config: dict[str, Any]) -> None:
 
     for target in plan.targets:
         backend_for(target.kind).check_supported(config)
+
+
+def check_heal_supported(plan: Plan, config: dict[str, Any]) -> None:
+    """Fail before any work when `heal` cannot fold its corrections exactly into this model
+    type (SpecError E314, pointing at the `heal` line)."""
+    from prunec.syntax.model_checks import heal_problems
+
+    diags = heal_problems(plan, config)
+    if diags:
+        raise SpecError(diags, _sources(plan, diags))
+
+
+class Healing:
+    """`heal` in a build: fits and measures corrections for the selection while the model
+    still has every layer (`fit`), then folds the kept ones into its weights (`fold`, after
+    the original model was evaluated for the gates).
+
+    With `auto`, the search measures every candidate healed (`transform`); the objective and
+    the fitted corrections are shared with the search, so the winner's fits are reused.
+    """
+
+    def __init__(self, plan: Plan, loaded: LoadedModel, context: Any = None) -> None:
+        from prunec.planning.heal import healer_for, search_transform
+
+        self.plan = plan
+        self.loaded = loaded
+        self.context = context
+        self._objective: Any = None
+        self.healer = healer_for(plan, loaded, self.objective)
+        self.corrections: dict[int, Any] = {}
+        if context is not None:
+            context.transform = search_transform(lambda: self.healer, plan.prune.heal)
+
+    def objective(self) -> Any:
+        if self.context is not None:
+            return self.context.objective()
+        if self._objective is None:
+            from prunec.planning.measure import MeasuredObjective
+
+            self._objective = MeasuredObjective.from_plan(self.plan, self.loaded)
+        return self._objective
+
+    def fit(self, selection: Selection) -> Selection:
+        """The selection with its healing record; the kept corrections wait for `fold`."""
+        from prunec.planning.heal import heal_selection
+
+        record, self.corrections = heal_selection(
+            self.healer, self.objective(), selection.removed, self.plan.prune.heal
+        )
+        self._objective = None  # its cached hidden states are not needed any more
+        return replace(selection, healing=record)
+
+    def fold(self) -> None:
+        self.healer.fold(self.corrections)
 
 
 def _needs_samples(plan: Plan) -> bool:
@@ -390,8 +446,8 @@ def emit(
 
 
 def can_stream(plan: Plan) -> bool:
-    """True when the build needs no weights in memory: an explicit `remove` list, no gates,
-    only target kinds that stream, and a local safetensors checkpoint. Such builds copy the
+    """True when the build needs no weights in memory: an explicit `remove` list, no `heal`,
+    no gates, only target kinds that stream, and a local safetensors checkpoint. Such builds copy the
     kept tensors shard by shard (`prunec.backends.hf.stream`), so memory stays flat in the
     model's size.
     """
@@ -399,6 +455,7 @@ def can_stream(plan: Plan) -> bool:
 
     return (
         plan.prune.remove is not None
+        and not plan.prune.heal.enabled
         and not plan.verify.gates
         and bool(plan.targets)
         and all(backend_for(t.kind).streams for t in plan.targets)
@@ -558,6 +615,8 @@ def _build_in_memory(
     _say(reporter, f"loaded {plan.model.source} ({loaded.num_layers} decoder layers{computes})")
     check_model_fit(plan, loaded.num_layers)
     check_targets_supported(plan, model_config_dict(loaded))
+    if plan.prune.heal.enabled:
+        check_heal_supported(plan, model_config_dict(loaded))
 
     from prunec.plan.registry import strategies
     from prunec.planning import solve
@@ -575,12 +634,12 @@ def _build_in_memory(
         from prunec.planning.search import SearchContext
 
         context = SearchContext(plan, loaded, cache_dir=cache_dir, progress=reporter is not None)
+    healing = Healing(plan, loaded, context) if plan.prune.heal.enabled else None
     tick = time.perf_counter()
     selection = solve(
         plan, scores if scores is not None else {}, loaded.num_layers, context=context
     )
     if context is not None:
-        context.close()  # the search's cached hidden states are not needed any more
         timings["search"] = time.perf_counter() - tick
     from prunec.distributed import finish
 
@@ -592,6 +651,16 @@ def _build_in_memory(
         from prunec.report import search_line
 
         _say(reporter, search_line(selection.search))
+    if healing is not None:
+        from prunec.report import healing_lines
+
+        tick = time.perf_counter()
+        selection = healing.fit(selection)
+        timings["heal"] = time.perf_counter() - tick
+        for line in healing_lines(selection):
+            _say(reporter, line)
+    if context is not None:
+        context.close()  # the search's cached hidden states are not needed any more
 
     from prunec import lock as lockfile
 
@@ -607,6 +676,9 @@ def _build_in_memory(
 
     samples = calibration_inputs(plan, loaded) if _needs_samples(plan) else []
 
+    if healing is not None:
+        healing.fold()
+        del healing
     ensure_pruned(loaded, selection)
 
     gates = None

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from prunec.pipeline import BuildResult
     from prunec.planning import Candidate, SearchSummary, Selection
+    from prunec.planning.heal import HealRecord, RunHealing
     from prunec.scoring import LayerScores
 
 
@@ -144,7 +145,15 @@ def candidates_table(summary: SearchSummary) -> Table:
 
 
 def how_chosen_markdown(selection: Selection) -> str:
-    """How the removed layers were selected, as Markdown (the model card's section)."""
+    """How the removed layers were selected, as Markdown (the model card's section), and how
+    the removal was healed (a subsection) when the spec asked for it."""
+    text = _how_selected(selection)
+    if selection.healing is not None:
+        text += "\n\n### Healing\n\n" + healing_markdown(selection.healing)
+    return text
+
+
+def _how_selected(selection: Selection) -> str:
     if selection.strategy == "manual":
         return "Listed in the spec (`remove`); nothing was scored or searched."
     summary = selection.search
@@ -188,6 +197,57 @@ def how_chosen_markdown(selection: Selection) -> str:
     return "\n".join(lines)
 
 
+def _run_words(run: RunHealing) -> str:
+    layers = _span(run.layers)
+    if run.corrected is None:
+        return f"layers {layers}: not healed (no layer before it)"
+    values = ""
+    if run.before is not None and run.after is not None:
+        values = f", objective {run.before:.4f} -> {run.after:.4f}"
+    verdict = {"healed": "healed", "dropped": "correction dropped (it made things worse)"}
+    return f"layers {layers}: {verdict[run.status]} in layer {run.corrected}{values}"
+
+
+def _span(layers: Sequence[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
+def healing_lines(selection: Selection) -> list[str]:
+    """What `heal` did, one line per removed run, after a summary line; empty without it."""
+    record = selection.healing
+    if record is None:
+        return []
+    part = record.part.replace("_", "-")
+    head = (
+        f"heal {record.method} (ridge {record.ridge:g}): {len(record.corrected)} of "
+        f"{len(record.runs)} runs corrected; {part} objective {record.before:.4f} -> "
+        f"{record.after:.4f} ({record.seconds:.1f}s)"
+    )
+    return [head, *(f"  {_run_words(run)}" for run in record.runs)]
+
+
+def healing_markdown(record: HealRecord) -> str:
+    """The model card's healing section: the method, each run and the measured objective."""
+    part = record.part.replace("_", "-")
+    lines = [
+        f"`heal {record.method}` (ridge {record.ridge:g}): for each run of removed layers, a "
+        "least-squares correction of what the kept layer before it writes to the residual "
+        f"stream was fitted on the calibration data and folded into that layer's "
+        f"`{record.projection}` weight (no new modules; same parameter names). A correction "
+        f"was kept only when it lowered the measured objective on the {part} part "
+        f"(lower is better): {record.before:.4f} without healing, {record.after:.4f} with.",
+        "",
+        "| removed run | corrected layer | status | objective before | after |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for run in record.runs:
+        before = f"{run.before:.4f}" if run.before is not None else ""
+        after = f"{run.after:.4f}" if run.after is not None else ""
+        corrected = str(run.corrected) if run.corrected is not None else ""
+        lines.append(f"| {_span(run.layers)} | {corrected} | {run.status} | {before} | {after} |")
+    return "\n".join(lines)
+
+
 def domain_importance(
     scores: LayerScores | None, order: Sequence[str] = ()
 ) -> dict[str, Sequence[float]]:
@@ -212,6 +272,8 @@ def render_build(result: BuildResult, console: Console) -> None:
     console.print(selection_table(result.selection, domain_importance(result.scores, order)))
     if result.selection.search is not None:
         console.print(candidates_table(result.selection.search))
+    for line in healing_lines(result.selection):
+        console.print(line, highlight=False)
     for target in result.targets:
         console.print(_target_line(target.target.kind, target.target.path, target.report))
     if result.gates is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,40 @@ def test_missing_or_foreign_lock(tmp_path):
     (tmp_path / "x.lock").write_text("{}")
     with pytest.raises(LockError, match="not a version"):
         read_lock(tmp_path / "x.lock")
+
+
+def test_heal_is_part_of_the_spec_and_recorded(tmp_path):
+    from prunec.plan.model import HealSpec
+    from prunec.planning.heal import HealRecord, RunHealing
+
+    plan, scores = make_plan(tmp_path), make_scores()
+    selection = solve(plan, scores, 6)
+    assert not any(
+        k.startswith("prune.heal") for k in lock_data(plan, None, scores, selection)["spec"]
+    )
+    path = write_lock(lock_path_for(plan), plan, None, scores, selection)
+    healed_plan = plan.model_copy(
+        update={"prune": plan.prune.model_copy(update={"heal": HealSpec(method="linear")})}
+    )
+    record = HealRecord(
+        method="linear",
+        ridge=1e-3,
+        projection="mlp.down_proj",
+        part="held_out",
+        before=2.0,
+        after=1.5,
+        runs=(RunHealing((0,), None, "not healed"), RunHealing((3,), 2, "healed", 2.0, 1.5)),
+    )
+    healed = dataclasses.replace(selection, healing=record)
+    with pytest.raises(LockError, match=re.escape("prune.heal.method changed: None -> 'linear'")):
+        check_lock(path, healed_plan, None, scores, healed)
+    data = lock_data(healed_plan, None, scores, healed)
+    assert data["healing"]["runs"][1] == {
+        "layers": [3],
+        "corrected": 2,
+        "status": "healed",
+        "before": 2.0,
+        "after": 1.5,
+    }
+    assert HealRecord.from_json(data["healing"]) == record
+    assert type(healed).from_json(healed.to_json()) == healed

@@ -172,3 +172,18 @@ def test_recipe_fingerprint_covers_every_field() -> None:
         value = getattr(TINY, field.name)
         changed = dataclasses.replace(TINY, **{field.name: value * 2 if value else 1})
         assert changed.fingerprint() != base, field.name
+
+
+def test_sweep_compares_heal_none_and_linear(testbed: Any, tmp_path: Path) -> None:
+    spec = _spec(testbed, tmp_path / "s.prune", prune="  budget 1 layers", verify="")
+    out = tmp_path / "out"
+    args = ["sweep", str(spec), "--budgets", "2", "--strategies", "last", "--heal", "-o", str(out)]
+    assert _run([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    result = SweepResult.from_json(json.loads((out / "sweep.json").read_text()))
+    assert result.strategies == ("last", "last+heal")
+    plain, healed = result.point(2, "last", "math"), result.point(2, "last+heal", "math")
+    assert plain is not None and healed is not None
+    assert plain.removed == healed.removed == (2, 3)
+    # Layer 1 carries the correction of run 2-3, kept only if it helped on held-out data:
+    # the healed model is a different model, so its answers' likelihood differs.
+    assert healed.nll != pytest.approx(plain.nll, rel=1e-6)

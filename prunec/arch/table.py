@@ -57,6 +57,13 @@ class ArchEntry(_Frozen):
     tensor_templates: checkpoint tensor-name prefixes of a layer, `${layer_index}` = index;
         several when transformers' saved names differ from module paths.
     deepstack: Qwen3-VL's position-dependent visual features; None elsewhere.
+    residual_projection: module path, inside one decoder layer, of the linear layer whose
+        output the layer adds to the residual stream unchanged (the MLP's down projection);
+        training-free healing folds its correction into that layer's weight. None when the
+        MLP's output is transformed before the addition (Gemma 2/3 normalise it), so a
+        linear correction cannot be folded exactly: `heal` is refused (`residual_note` says
+        why), and for model types missing from the table.
+    residual_note: why `residual_projection` is None, for the refusal message.
     notes: what the surgery changes for this family, for humans.
     """
 
@@ -69,6 +76,8 @@ class ArchEntry(_Frozen):
     renumber: tuple[str, ...] = ("layer_idx",)
     tensor_templates: tuple[str, ...] = ()
     deepstack: DeepstackEntry | None = None
+    residual_projection: str | None = None
+    residual_note: str = ""
     notes: str = ""
 
     def rename_tensor(
@@ -138,6 +147,31 @@ def layer_field_updates(
         if rule == "count_kept_below" and isinstance(old, int):
             updates[key] = sum(1 for i in keep if i < old)
     return updates
+
+
+def heal_refusal(config: Mapping[str, Any]) -> str | None:
+    """Why training-free healing cannot fold a correction exactly into the model described by
+    `config` (config.json as a dict); None when it can.
+
+    Both the model type and, for VLMs, the text decoder's own type (PaliGemma 2 wraps a
+    Gemma 2 decoder) must have a table entry with a `residual_projection`.
+    """
+    model_type = str(config.get("model_type") or "")
+    entry = arch_entry(model_type)
+    if entry is None:
+        return (
+            f"model type `{model_type or '?'}` is not in the architecture table, so where its "
+            "layers write into the residual stream is unknown"
+        )
+    if entry.residual_projection is None:
+        return entry.residual_note or f"model type `{model_type}` has no foldable projection"
+    text = config.get(entry.text_config) if entry.text_config else None
+    text_type = str(text.get("model_type") or "") if isinstance(text, Mapping) else ""
+    text_entry = arch_entry(text_type) if text_type and text_type != model_type else None
+    if text_entry is not None and text_entry.residual_projection is None:
+        note = text_entry.residual_note or "its decoder has no foldable projection"
+        return f"its text decoder is `{text_type}`: {note}"
+    return None
 
 
 def deepstack_positions(num_features: int, keep: Sequence[int]) -> list[int]:

@@ -115,7 +115,16 @@ def _context(
         return None
     from prunec.planning.search import SearchContext
 
-    return SearchContext(plan, model, cache_dir=cache_dir)
+    context = SearchContext(plan, model, cache_dir=cache_dir)
+    if plan.prune.heal.enabled:
+        # Measure candidates healed, as `build` does, so the plan is the build's.
+        import functools
+
+        from prunec.planning.heal import healer_for, search_transform
+
+        healer = functools.cache(lambda: healer_for(plan, context.loaded(), context.objective))
+        context.transform = search_transform(healer, plan.prune.heal)
+    return context
 
 
 def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -> None:
@@ -135,6 +144,11 @@ def render_table(plan: Plan, selection: Selection, scores: LayerScores | None) -
         console.print(candidates_table(selection.search))
         console.print(f"strategy auto, regime [bold]{selection.regime}[/] (reported, not a rule)")
         console.print(search_line(selection.search))
+        if plan.prune.heal.enabled:
+            console.print(
+                f"candidates measured after `{plan.prune.heal.key()}`; the build keeps each "
+                "run's correction only where it helps on the held-out part"
+            )
     else:
         console.print(
             f"strategy {selection.strategy} ({selection.ranking} ranking), regime "

@@ -1,4 +1,4 @@
-"""`prunec sweep SPEC [--budgets 1,2,...] [--strategies domain,bi,...] [-o DIR]`.
+"""`prunec sweep SPEC [--budgets 1,2,...] [--strategies domain,bi,...] [--heal] [-o DIR]`.
 
 One calibration (through the score cache), then for every budget and strategy: plan, prune
 in memory, evaluate each domain. Writes `sweep.json`, `sweep.csv` and `sweep.png` to DIR and
@@ -85,6 +85,12 @@ def check_strategies(text: str) -> tuple[str, ...]:
     default=None,
     help="Evaluation lines per domain (default: the spec's, else all).",
 )
+@click.option(
+    "--heal",
+    is_flag=True,
+    default=False,
+    help="Also evaluate every point healed (`heal linear`, the spec's ridge): NAME+heal rows.",
+)
 @cache_dir_option
 def command(
     spec: Path,
@@ -92,6 +98,7 @@ def command(
     strategies: str | None,
     output: Path | None,
     samples: int | None,
+    heal: bool,
     cache_dir: Path | None,
 ) -> None:
     """Evaluate retention across budgets and strategies (JSON, CSV, PNG and a table)."""
@@ -126,6 +133,13 @@ def command(
         raise SpecError(
             [Diagnostic("E340", f"--budgets: the model has {num_layers} layers; remove fewer")]
         )
+    if heal:
+        from prunec.pipeline import check_heal_supported, model_config_dict
+        from prunec.plan.model import HealSpec
+
+        healed = HealSpec(method="linear", ridge=plan.prune.heal.ridge)
+        plan = plan.model_copy(update={"prune": plan.prune.model_copy(update={"heal": healed})})
+        check_heal_supported(plan, model_config_dict(loaded))
     with console.status("calibrating (score cache)"):
         scores = score(plan, loaded, cache_dir=cache_dir)
     columns = (
@@ -149,6 +163,7 @@ def command(
             samples=samples,
             progress=on_point,
             cache_dir=cache_dir,
+            heal=heal,
         )
     out_dir = output or Path("build") / f"sweep-{spec.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)

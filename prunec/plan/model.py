@@ -28,6 +28,13 @@ DEFAULT_SEARCH = 48
 #: Which tokens the layer statistics average over.
 TokenScope = Literal["all", "last"]
 
+#: Training-free healing methods (`heal` in `prune`), in the order the docs list them.
+HEAL_METHODS: tuple[str, ...] = ("none", "linear")
+HealMethod = Literal["none", "linear"]
+#: `heal linear`'s default ridge strength, relative to the mean squared size of what the
+#: corrected layer's MLP writes (docs/language.md, "Healing").
+DEFAULT_RIDGE = 1e-3
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -150,6 +157,27 @@ class Budget(_Frozen):
         return max(1, int(num_layers * self.percent / 100 + 0.5))
 
 
+class HealSpec(_Frozen):
+    """Training-free healing after removal (`heal linear [ridge R]`).
+
+    method: "none" (default) or "linear": per removed run, a least-squares correction folded
+        into the output projection of the kept layer before it (`prunec.healing`).
+    ridge: the relative ridge strength that pulls each correction towards no correction;
+        >= 0 (0 = plain least squares).
+    """
+
+    method: HealMethod = "none"
+    ridge: float = DEFAULT_RIDGE
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def key(self) -> str:
+        """What the healed objective depends on, as written (`heal linear ridge 0.001`)."""
+        return "heal none" if not self.enabled else f"heal {self.method} ridge {self.ridge!r}"
+
+
 class PruneSpec(_Frozen):
     """The layer-selection problem.
 
@@ -166,6 +194,7 @@ class PruneSpec(_Frozen):
     search: `auto`'s compute budget: the most candidate evaluations on the search part.
     batch_size: calibration batch size.
     tokens: statistic over all tokens or the last token of each sample.
+    heal: training-free healing of the removed runs (default: none).
     """
 
     budget: Budget | None = None
@@ -180,6 +209,7 @@ class PruneSpec(_Frozen):
     search: int = DEFAULT_SEARCH
     batch_size: int = 4
     tokens: TokenScope = "all"
+    heal: HealSpec = HealSpec()
 
 
 class VerifyGate(_Frozen):

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunec.plan.constraints import Regime
+
+if TYPE_CHECKING:
+    from prunec.planning.heal import HealRecord
 
 #: Spacing weights (in units of the mean layer importance) of the domain ranking that `auto`
 #: proposes besides the plain rankings. They compete on measurement like every other
@@ -170,6 +173,8 @@ class Selection:
         combined domain importance its proxy sums.
     spacing_weight: the spacing term's weight in units of the mean |importance|.
     search: for `auto`, every measured candidate and how the winner was picked; else None.
+    healing: what `heal` fitted, kept and dropped (`prunec.planning.heal`); None without
+        `heal` (or before the build healed).
     """
 
     removed: tuple[int, ...]
@@ -182,6 +187,7 @@ class Selection:
     spacing_weight: float
     num_layers: int
     search: SearchSummary | None = None
+    healing: HealRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -197,11 +203,16 @@ class Selection:
         }
         if self.search is not None:
             out["search"] = self.search.to_json()
+        if self.healing is not None:
+            out["healing"] = self.healing.to_json()
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Selection:
+        from prunec.planning.heal import HealRecord
+
         search = data.get("search")
+        healing = data.get("healing")
         return cls(
             removed=tuple(int(i) for i in data["removed"]),
             kept=tuple(int(i) for i in data["kept"]),
@@ -213,4 +224,5 @@ class Selection:
             spacing_weight=float(data["spacing_weight"]),
             num_layers=int(data["num_layers"]),
             search=SearchSummary.from_json(search) if search is not None else None,
+            healing=HealRecord.from_json(healing) if healing is not None else None,
         )

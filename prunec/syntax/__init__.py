@@ -21,6 +21,7 @@ from prunec.plan.model_info import layer_count, read_config
 from prunec.syntax.format import format_text
 from prunec.syntax.lower import lower
 from prunec.syntax.model_checks import (
+    heal_problems,
     missing_file_warnings,
     support_problems,
     target_problems,
@@ -144,7 +145,7 @@ def check_file(path: str | Path) -> Analysis:
     num_layers = layer_count(config)
     model_errors = validate_against_model(plan, num_layers) if num_layers else []
     if config is not None:
-        model_errors += support_problems(plan, config)
+        model_errors += support_problems(plan, config) + heal_problems(plan, config)
     model_errors += target_problems(plan)
     diagnostics = tuple(sorted(model_errors, key=_position)) + tuple(extra)
     return Analysis(None if model_errors else plan, diagnostics, result.sources)

@@ -43,6 +43,9 @@ CODES: dict[str, str] = {
     "E230": "`remove` breaks the `spacing` limits",
     "E231": "a target lies inside another target",
     "E232": "`search` is given with a strategy other than `auto`",
+    "E233": "unknown healing method (`heal` takes `none` or `linear`)",
+    "E234": "`ridge` is not a finite number >= 0, or is given with `heal none`",
+    "E235": "`heal linear` without calibration data: the spec has no `domain`",
     "E240": "invalid `fields` mapping (unknown part, a part mapped twice, an empty field name)",
     "E241": "invalid `split`/`eval_split`/`config`, or one given for a single data file",
     "E242": "a data path that is a URL but not a hub dataset (`hf://datasets/ORG/NAME`)",
@@ -55,6 +58,7 @@ CODES: dict[str, str] = {
     "E309": "a target kind cannot handle this model type (read from its config.json)",
     "E312": "a target is, or contains, the model folder, the spec file or a data/eval file",
     "E313": "a target path exists and prunec did not write it (a foreign folder or a file)",
+    "E314": "`heal` cannot fold a correction exactly into this model type (from its config.json)",
     "W301": "a data or eval file does not exist yet (the build fails on it later)",
     "W302": "the local model directory does not exist yet",
 }

@@ -15,11 +15,13 @@ from pydantic import ValidationError
 
 from prunec.errors import Diagnostic, Span, did_you_mean
 from prunec.plan.model import (
+    HEAL_METHODS,
     HUB_DATASET_PREFIX,
     Budget,
     DataSource,
     DomainSpec,
     FieldNames,
+    HealSpec,
     HubDataset,
     ModelSpec,
     Plan,
@@ -567,6 +569,34 @@ class _Lowerer:
         values["tokens"] = value
         return value is not None
 
+    def _heal(self, setting: Setting, values: dict[str, Any]) -> bool:
+        method_tok, *option = setting.args
+        method = self.choice("E233", method_tok, "healing method", HEAL_METHODS)
+        if method is None:
+            return False
+        if not option:
+            values["heal"] = HealSpec(method=method)  # type: ignore[arg-type]  # checked above
+            return True
+        ridge_key, number = option
+        self.spans["prune.heal.ridge"] = _join(ridge_key.span, number.span)
+        if method == "none":
+            self.error(
+                "E234",
+                "`ridge` sets how strongly `heal linear` holds its corrections back; "
+                "`heal none` fits none",
+                _join(ridge_key.span, number.span),
+                help="drop `ridge ...`, or write `heal linear`",
+            )
+            return False
+        ridge = float(number.text)
+        if not 0 <= ridge < math.inf:
+            self.error(
+                "E234", f"`ridge` must be a finite number >= 0, not {number.text}", number.span
+            )
+            return False
+        values["heal"] = HealSpec(method=method, ridge=ridge)  # type: ignore[arg-type]
+        return True
+
     _PRUNE_HANDLERS: ClassVar[dict[str, Callable[[_Lowerer, Setting, dict[str, Any]], bool]]] = {
         "budget": _budget,
         "spacing": _spacing,
@@ -578,6 +608,7 @@ class _Lowerer:
         "search": _search,
         "batch_size": _batch_size,
         "tokens": _tokens,
+        "heal": _heal,
     }
 
     def prune_cross_checks(
@@ -620,6 +651,15 @@ class _Lowerer:
                 "but the spec has no `domain`",
                 span,
                 help="add a `domain NAME { data ... }` block, or use `last` or `uniform`",
+            )
+        heal: HealSpec | None = values.get("heal")
+        if heal is not None and heal.enabled and not self.declares_domains():
+            self.error(
+                "E235",
+                f"`heal {heal.method}` fits its corrections on calibration data, "
+                "but the spec has no `domain`",
+                settings["heal"].span,
+                help="add a `domain NAME { data ... }` block, or drop the `heal` line",
             )
         return len(self.diags) == before
 

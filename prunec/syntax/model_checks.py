@@ -193,5 +193,26 @@ def support_problems(plan: Plan, config: dict[str, Any]) -> list[Diagnostic]:
     return out
 
 
+def heal_problems(plan: Plan, config: dict[str, Any]) -> list[Diagnostic]:
+    """`heal` on a model type whose residual projection cannot carry a correction exactly
+    (the architecture table's `residual_projection`, e.g. Gemma 2/3 normalise after it)."""
+    from prunec.arch.table import heal_refusal
+
+    if not plan.prune.heal.enabled:
+        return []
+    reason = heal_refusal(config)
+    if reason is None:
+        return []
+    return [
+        Diagnostic(
+            "E314",
+            f"`heal {plan.prune.heal.method}` cannot fold its corrections into this model: "
+            + reason,
+            plan.span("prune.heal") or plan.span("prune"),
+            help="drop the `heal` line (healing would be an approximation here, never exact)",
+        )
+    ]
+
+
 #: A relative path that reads like a hub id ("org/name", no extension).
 _HUB_LIKE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -51,6 +51,7 @@ _HOME_BLOCK: dict[str, str] = {
             "search",
             "batch_size",
             "tokens",
+            "heal",
         ],
         "prune",
     ),

@@ -141,6 +141,7 @@ def run_sweep(
     progress: Progress | None = None,
     cache_dir: Path | None = None,
     slice_by: SliceBy | None = None,
+    heal: bool = False,
 ) -> SweepResult:
     """Evaluate every (budget, strategy) on every domain with eval data, pruning in memory.
 
@@ -153,6 +154,10 @@ def run_sweep(
     on the spec's calibration data (prepared once for all budgets; results cached in
     `cache_dir`, as in `build`). slice_by: also report accuracy
     per slice of each domain's records (e.g. per task), from the same evaluation pass.
+    heal: also evaluate every point healed (`heal linear` with the spec's ridge), as strategy
+    `NAME+heal` beside `NAME`: the same removed layers, each run's correction fitted and kept
+    or dropped by measurement exactly as `build` does (`prunec.planning.heal`). `auto`'s
+    candidates are measured unhealed here (a healed search per point would multiply its cost).
     """
     from prunec.arch import skip_layers
     from prunec.data import read_evaluation
@@ -176,6 +181,8 @@ def run_sweep(
     unpruned = _evaluate(model, processor, records, slice_by, inputs_cache)
     original = {d: result for d, (result, _) in unpruned.items()}
     done_sets = {(): unpruned}
+    healed_sets: dict[tuple[int, ...], Any] = {}
+    healer = _healer(plan, loaded, context) if heal else None
     rows: list[SweepRow] = []
     total = len(budgets) * len(strategies)
     for i, (budget, strategy) in enumerate((b, s) for b in budgets for s in strategies):
@@ -184,29 +191,26 @@ def run_sweep(
         try:
             removed = tuple(solve(problem, scores, context=context).removed)
         except SpecError as err:
-            rows += _error_rows(budget, strategy, regime, records, err.diagnostics[0].message)
+            message = err.diagnostics[0].message
+            rows += _error_rows(budget, strategy, regime, records, message)
+            if healer is not None:
+                rows += _error_rows(budget, f"{strategy}+heal", regime, records, message)
         else:
             if removed not in done_sets:
                 with skip_layers(model, removed):
                     done_sets[removed] = _evaluate(
                         model, processor, records, slice_by, inputs_cache
                     )
-            for domain, (result, slices) in done_sets[removed].items():
-                kept = retention(original[domain], result)
-                rows.append(
-                    SweepRow(
-                        budget=budget,
-                        strategy=strategy,
-                        regime=regime,
-                        domain=domain,
-                        removed=removed,
-                        accuracy=result.accuracy,
-                        nll=result.nll,
-                        retention_accuracy=kept["accuracy"],
-                        retention_nll=kept["nll"],
-                        slices=slices,
+            variants = [(strategy, done_sets[removed])]
+            if healer is not None:
+                if removed not in healed_sets:
+                    healed_sets[removed] = (
+                        _healed(plan, healer, context, removed, records, slice_by, inputs_cache)
+                        or done_sets[removed]
                     )
-                )
+                variants.append((f"{strategy}+heal", healed_sets[removed]))
+            for name, evaluated in variants:
+                rows += _rows(budget, name, regime, removed, evaluated, original)
         if progress is not None:
             progress("sweep", i + 1, total)
     context.close()
@@ -214,11 +218,75 @@ def run_sweep(
         spec=str(plan.spec_path or ""),
         num_layers=num_layers,
         budgets=tuple(budgets),
-        strategies=tuple(strategies),
+        strategies=tuple(
+            s for name in strategies for s in ((name, f"{name}+heal") if heal else (name,))
+        ),
         original=original,
         rows=tuple(rows),
         original_slices={d: slices for d, (_, slices) in unpruned.items() if slices},
     )
+
+
+def _rows(
+    budget: int,
+    strategy: str,
+    regime: str,
+    removed: tuple[int, ...],
+    evaluated: Mapping[str, tuple[DomainEval, dict[str, float]]],
+    original: Mapping[str, DomainEval],
+) -> list[SweepRow]:
+    out = []
+    for domain, (result, slices) in evaluated.items():
+        kept = retention(original[domain], result)
+        out.append(
+            SweepRow(
+                budget=budget,
+                strategy=strategy,
+                regime=regime,
+                domain=domain,
+                removed=removed,
+                accuracy=result.accuracy,
+                nll=result.nll,
+                retention_accuracy=kept["accuracy"],
+                retention_nll=kept["nll"],
+                slices=slices,
+            )
+        )
+    return out
+
+
+def _healer(plan: Plan, loaded: Any, context: Any) -> Any:
+    from prunec.planning.heal import LinearHealer
+
+    return LinearHealer(
+        loaded.model,
+        lambda: context.objective().iter_batches("search"),
+        plan.normalized_weights(),
+        plan.prune.heal.ridge,
+    )
+
+
+def _healed(
+    plan: Plan,
+    healer: Any,
+    context: Any,
+    removed: tuple[int, ...],
+    records: Mapping[str, Sequence[Record]],
+    slice_by: SliceBy | None,
+    cache: dict[Any, Any],
+) -> dict[str, tuple[DomainEval, dict[str, float]]] | None:
+    """The evaluation of `removed` healed as `build` heals it; None when every correction
+    was dropped (the unhealed evaluation then stands)."""
+    from prunec.arch import skip_layers
+    from prunec.plan.model import HealSpec
+    from prunec.planning.heal import heal_selection
+
+    spec = HealSpec(method="linear", ridge=plan.prune.heal.ridge)
+    _, kept = heal_selection(healer, context.objective(), removed, spec)
+    if not kept:
+        return None
+    with healer.applied(kept), skip_layers(healer.model, removed):
+        return _evaluate(healer.model, context.loaded().processor, records, slice_by, cache)
 
 
 def _error_rows(

@@ -74,6 +74,7 @@ class HFBackend(Backend):
         if job.loaded is None:
             return None
         plan = job.plan
+        healing = job.selection.healing
         return prepare_hf(
             job.loaded,
             list(job.selection.removed),
@@ -82,6 +83,8 @@ class HFBackend(Backend):
             scores=_card_scores(job.scores, plan),
             dtype=self.options(job.target).dtype,
             how_chosen=how_chosen_markdown(job.selection),
+            corrected=healing.corrected if healing is not None else (),
+            projection=healing.projection if healing is not None else "",
         )
 
     def emit(self, job: EmitJob) -> HFReport:

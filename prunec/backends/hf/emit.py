@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -161,6 +161,8 @@ class PreparedHF:
     source: the model's name for the card and manifest. scores: for the card.
     held_dtype: the dtype the model's weights were held in (its references' weights).
     class_name / trust: how a fresh process loads the checkpoint.
+    changed: output tensor name -> tensor written from memory instead of the source's bytes
+        (projection weights that `heal` corrected); empty otherwise.
     """
 
     check: SelfCheckJob
@@ -174,6 +176,7 @@ class PreparedHF:
     class_name: str
     trust: bool
     how_chosen: str = ""
+    changed: Mapping[str, Any] = field(default_factory=dict)
 
 
 def streamable_source(source_dir: Path | None) -> Path | None:
@@ -200,8 +203,14 @@ def prepare_hf(
     sample_inputs: Sequence[Mapping[str, Any]] | None = None,
     dtype: str = "source",
     how_chosen: str = "",
+    corrected: Sequence[int] = (),
+    projection: str = "",
 ) -> PreparedHF:
-    """Everything the HF target needs from the pruned model in memory (see `emit_hf`)."""
+    """Everything the HF target needs from the pruned model in memory (see `emit_hf`).
+
+    corrected / projection: kept layers (original indices) whose `projection` module `heal`
+    changed in memory; a streamed copy writes those tensors from memory.
+    """
     from prunec.arch.precision import held_dtype
 
     out_dir = Path(out_dir)
@@ -218,6 +227,9 @@ def prepare_hf(
     if stream_from is None:
         _save_weights(loaded.model, out_dir, None if dtype == "source" else dtype)
         _copy_processor(loaded, out_dir)
+    changed: dict[str, Any] = {}
+    if stream_from is not None and corrected:
+        changed = changed_tensors(loaded, stream_from, removed, corrected, projection)
     model: Any = loaded.model
     return PreparedHF(
         check=job,
@@ -231,7 +243,44 @@ def prepare_hf(
         class_name=type(model).__name__,
         trust=type(model).__module__.startswith("transformers_modules"),
         how_chosen=how_chosen,
+        changed=changed,
     )
+
+
+def changed_tensors(
+    loaded: LoadedModel,
+    source_dir: Path,
+    removed: Sequence[int],
+    corrected: Sequence[int],
+    projection: str,
+) -> dict[str, Any]:
+    """Output tensor name -> copy of the in-memory tensor, for the parameters of `projection`
+    in each `corrected` layer (original indices) of the pruned model in memory. Names come
+    from the source checkpoint's own (renamed as the streamed copy renames them), so a
+    checkpoint that saves legacy names gets its changed tensors under the same names."""
+    from prunec.arch import locate_decoder
+    from prunec.backends.hf.stream import pruned_layout
+
+    layout = pruned_layout(source_dir, removed)
+    renamed = {old: new for rename in layout.renames.values() for old, new in rename.items()}
+    layers = locate_decoder(loaded.model).layers
+    out: dict[str, Any] = {}
+    for layer in corrected:
+        module = layers[layout.layer_map[layer]].get_submodule(projection)
+        for name, param in module.named_parameters(recurse=False):
+            suffix = f"{projection}.{name}"
+            olds = [
+                template.replace("${layer_index}", str(layer)) + suffix
+                for template in layout.entry.tensor_templates
+            ]
+            found = [o for o in olds if o in renamed]
+            if not found:
+                raise BuildError(
+                    f"the healed `{suffix}` of layer {layer} has no tensor in {source_dir} "
+                    f"(looked for {olds})"
+                )
+            out[renamed[found[0]]] = param.detach().to("cpu", copy=True)
+    return out
 
 
 def finish_hf(
@@ -272,6 +321,14 @@ def finish_hf(
     if self_check:
         size = _artifact_bytes(prepared.source_dir, layout.renames, dtype)
         mode = "full" if fits_in_memory(size) else "light"
+        if mode == "light" and prepared.changed:
+            # The light check compares with the source's own layers; healed layers differ
+            # from those by design, so only the full comparison with the model in memory
+            # can prove a healed checkpoint right.
+            raise BuildError(
+                f"the healed checkpoint ({size / 1024**3:.1f} GiB) does not fit in memory for "
+                "its self-check against the healed model; free memory or drop `heal`"
+            )
     with ExitStack() as stack:
         light = None
         if mode == "light":
@@ -290,6 +347,7 @@ def finish_hf(
             prepared.removed,
             spec_text=spec_text,
             dtype=dtype,
+            changed=prepared.changed,
             scores=prepared.scores,
             source=prepared.source,
             how_chosen=prepared.how_chosen,
