@@ -160,6 +160,7 @@ def test_a_target_dtype_converts_floating_tensors(tiny_model, tmp_path: Path) ->
     assert config["text_config"].get("dtype", "bfloat16") == "bfloat16"
 
 
+@pytest.mark.slow  # the default run checks every table type in test_no_tokenizer.py
 def test_light_check_passes_every_architecture(tiny_model, tmp_path: Path) -> None:
     """The fresh process of the light check (meta-device load, prefix comparison, KV-cache
     decode) on every covered architecture, all in one process."""
