@@ -328,6 +328,15 @@ def _model_fp(plan: Plan, loaded: LoadedModel | None, memo: Path) -> str | None:
     return state_dict_fingerprint(loaded.model) if loaded is not None else None
 
 
+def needs_ablation(plan: Plan) -> bool:
+    """Whether the spec's strategy ranks layers by an ablation order that scoring computes
+    (its registry declaration's `ablation` flag; `iterative` today)."""
+    from prunec.plan.registry import strategies
+
+    info = strategies().get(plan.prune.strategy)
+    return bool(info is not None and info.ablation)
+
+
 def scorer_settings(plan: Plan) -> dict[str, Any]:
     """What besides model and data changes the scores: dtype, and for `iterative` what its
     ablation order depends on (budget depth, layers it may not try, domain weights of the
@@ -335,7 +344,7 @@ def scorer_settings(plan: Plan) -> dict[str, Any]:
     statistics only by float rounding (tested).
     """
     settings: dict[str, Any] = {"dtype": plan.model.dtype}
-    if plan.prune.strategy == "iterative":
+    if needs_ablation(plan):
         prune = plan.prune
         settings["iterative"] = {
             "budget": prune.budget.model_dump() if prune.budget is not None else None,
@@ -423,7 +432,7 @@ def compute_scores(
         shard,
     )
     order: tuple[int, ...] = ()
-    if plan.prune.strategy == "iterative":
+    if needs_ablation(plan):
         from prunec.scoring.iterative import ablation_order
 
         order = ablation_order(plan, loaded, records)
