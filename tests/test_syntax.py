@@ -86,7 +86,7 @@ def test_parse_full_spec_lowers_every_setting(tmp_path: Path) -> None:
     assert plan.domain("math").data == ROOT / "build/testbed/data/math_calib.jsonl"
     assert plan.prune.budget is not None and plan.prune.budget.percent == 25
     assert (plan.prune.max_run, plan.prune.keep_first, plan.prune.keep_last) == (2, 1, 1)
-    assert plan.prune.strategy == "domain"
+    assert plan.prune.strategy == "auto"
     assert [(g.domain, g.threshold, g.data) for g in plan.verify.gates] == [
         ("math", pytest.approx(0.9), None),
         ("general", pytest.approx(0.85), None),
