@@ -821,7 +821,7 @@ def run_self_checks(jobs: Sequence[SelfCheckJob]) -> list[tuple[float, bool]]:
             )
     outcomes, problems = [], []
     for job, result in zip(jobs, results, strict=True):
-        found = _problems(result, job.expected_config)
+        found = reload_problems(result, job.expected_config)
         for i, (diff, tol) in enumerate(zip(result["diffs"], job.tolerances, strict=True)):
             if not diff <= tol:
                 found.append(
@@ -837,7 +837,9 @@ def run_self_checks(jobs: Sequence[SelfCheckJob]) -> list[tuple[float, bool]]:
     return outcomes
 
 
-def _problems(result: Mapping[str, Any], expected_config: Mapping[str, Any]) -> list[str]:
+def reload_problems(result: Mapping[str, Any], expected_config: Mapping[str, Any]) -> list[str]:
+    """What a fresh-process reload reported wrong: missing, unexpected or mismatched weights,
+    config counts unlike `expected_config`, an import of prunec (full and light checks)."""
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         if result[kind]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prunec.arch.checkpoint import read_header
+from prunec.backends.hf.emit import reload_problems
 from prunec.backends.hf.stream import PrunedLayout
 from prunec.errors import BuildError
 
@@ -211,7 +212,7 @@ def fresh_environment() -> dict[str, str]:
 
 def problems(result: Mapping[str, Any], expected: Mapping[str, Any], tolerance: float) -> list[str]:
     """Everything wrong in one light check's result (`tolerance`: relative)."""
-    found = _problems(result, expected)
+    found = reload_problems(result, expected)
     allowed = tolerance * max(1.0, float(result["scale"]))
     source, kept = result.get("layers", ("?", "?"))
     if not result["diff"] <= allowed:
@@ -225,21 +226,6 @@ def problems(result: Mapping[str, Any], expected: Mapping[str, Any], tolerance: 
             f"{result['cache_diff']:.3g} (tolerance {allowed:.3g})"
         )
     return found
-
-
-def _problems(result: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-        if result[kind]:
-            shown = ", ".join(result[kind][:5])
-            problems.append(f"{len(result[kind])} {kind.replace('_', ' ')} on reload ({shown})")
-    for key, want in expected.items():
-        got = result["config_counts"].get(key)
-        if got != want:
-            problems.append(f"reloaded config `{key}` is {got!r}, expected {want!r}")
-    if result.get("prunec_imported"):
-        problems.append("the fresh process imported prunec (the check must not depend on it)")
-    return problems
 
 
 def light_check(
